@@ -1,0 +1,272 @@
+//! Identity resolution: ties each event's actor to a registered micro-app, or marks it unregistered.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::registry::{App, Registry};
+use crate::event::{
+    Category, IdentityStatus, NormalizedEvent, PrincipalKind, PrincipalRef, ResolvedIdentity,
+};
+
+/// Credentials issued at run time (STS access keys, Vault token accessors),
+/// remembered with the app they were issued to; oldest forgotten first.
+#[derive(Debug)]
+struct IssuedCredentials {
+    by_token: HashMap<String, Arc<str>>,
+    order: VecDeque<String>,
+    max: usize,
+}
+
+impl IssuedCredentials {
+    fn new(max: usize) -> Self {
+        IssuedCredentials {
+            by_token: HashMap::new(),
+            order: VecDeque::new(),
+            max: max.max(1),
+        }
+    }
+
+    fn insert(&mut self, token: &str, app_id: &str) {
+        if let Some(existing) = self.by_token.get_mut(token) {
+            *existing = Arc::from(app_id);
+            return;
+        }
+        while self.by_token.len() >= self.max {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.by_token.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.by_token.insert(token.to_string(), Arc::from(app_id));
+        self.order.push_back(token.to_string());
+    }
+
+    fn get(&self, token: &str) -> Option<&Arc<str>> {
+        self.by_token.get(token)
+    }
+}
+
+/// Resolves actors against a registry. Holds the issued-credential memory, so
+/// one resolver serves one stream of events in order.
+#[derive(Debug)]
+pub struct Resolver {
+    issued: IssuedCredentials,
+}
+
+impl Resolver {
+    pub fn new(issued_credentials_max: usize) -> Self {
+        Resolver {
+            issued: IssuedCredentials::new(issued_credentials_max),
+        }
+    }
+
+    /// How many issued credentials are remembered.
+    pub fn issued_len(&self) -> usize {
+        self.issued.by_token.len()
+    }
+
+    /// Fills in `event.identity` and learns credentials the event issued.
+    ///
+    /// The actor's forms are tried most specific first. A token-issuance event
+    /// whose target (the role assumed) is registered belongs to that role's
+    /// app, since the app is the one that receives the credential.
+    pub fn resolve(&mut self, registry: &Registry, event: &mut NormalizedEvent) {
+        let mut resolved = None;
+        if event.category == Category::TokenIssuance {
+            if let Some(target) = &event.target_principal {
+                resolved = self.match_ref(registry, PrincipalKind::RoleArn, target);
+            }
+        }
+        if resolved.is_none() {
+            resolved = event
+                .actor
+                .refs
+                .iter()
+                .find_map(|r| self.match_ref(registry, r.kind, &r.value));
+        }
+        if resolved.is_none() {
+            if let Some(token) = &event.token_id {
+                if let Some(app_id) = self.issued.get(token) {
+                    resolved = Some((
+                        app_id.to_string(),
+                        PrincipalRef::new(PrincipalKind::AccessKey, token.clone()),
+                    ));
+                }
+            }
+        }
+
+        let identity = match resolved {
+            Some((app_id, matched)) => {
+                if let Some(issued) = &event.issued_token_id {
+                    self.issued.insert(issued, &app_id);
+                }
+                ResolvedIdentity {
+                    status: IdentityStatus::Registered,
+                    key: format!("app:{app_id}"),
+                    app_id: Some(app_id),
+                    matched: Some(matched),
+                }
+            }
+            None => match event.actor.refs.first() {
+                Some(primary) => ResolvedIdentity {
+                    status: IdentityStatus::Unregistered,
+                    app_id: None,
+                    key: format!("{}:{}", primary.kind.as_str(), primary.value),
+                    matched: None,
+                },
+                None => ResolvedIdentity {
+                    status: IdentityStatus::Anonymous,
+                    app_id: None,
+                    key: "anonymous".to_string(),
+                    matched: None,
+                },
+            },
+        };
+        event.identity = Some(identity);
+    }
+
+    /// The app a single principal form belongs to, with the form that matched.
+    fn match_ref(
+        &self,
+        registry: &Registry,
+        kind: PrincipalKind,
+        value: &str,
+    ) -> Option<(String, PrincipalRef)> {
+        let found = |app: &Arc<App>, kind, value: &str| {
+            Some((app.id.clone(), PrincipalRef::new(kind, value)))
+        };
+        if let Some(app) = registry.lookup(kind, value) {
+            return found(app, kind, value);
+        }
+        match kind {
+            PrincipalKind::AccessKey | PrincipalKind::VaultAccessor => self
+                .issued
+                .get(value)
+                .map(|app_id| (app_id.to_string(), PrincipalRef::new(kind, value))),
+            PrincipalKind::RoleArn => {
+                let role = role_arn_of_session(value)?;
+                let app = registry.lookup(PrincipalKind::RoleArn, &role)?;
+                found(app, kind, &role)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `arn:aws:sts::123:assumed-role/Name/session` → `arn:aws:iam::123:role/Name`.
+pub fn role_arn_of_session(arn: &str) -> Option<String> {
+    let rest = arn.strip_prefix("arn:")?;
+    let mut parts = rest.splitn(5, ':');
+    let partition = parts.next()?;
+    let service = parts.next()?;
+    let _region = parts.next()?;
+    let account = parts.next()?;
+    let resource = parts.next()?;
+    if service != "sts" {
+        return None;
+    }
+    let role = resource.strip_prefix("assumed-role/")?.split('/').next()?;
+    if role.is_empty() {
+        return None;
+    }
+    Some(format!("arn:{partition}:iam::{account}:role/{role}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Product;
+    use chrono::Utc;
+
+    const REGISTRY: &str = r#"
+apps:
+  - id: report-bot
+    name: Report bot
+    owner: ops@example.com
+    risk_tier: internal
+    registered_on: 2026-01-01
+    identities:
+      role_arns: ["arn:aws:iam::111122223333:role/report-bot"]
+      vault_roles: [report-bot]
+      oauth_client_ids: [0oa-report]
+"#;
+
+    fn event(category: Category, refs: &[(PrincipalKind, &str)]) -> NormalizedEvent {
+        let mut e = NormalizedEvent::new(Utc::now(), Product::Cloudtrail, category, "x");
+        for (kind, value) in refs {
+            e.actor.push(*kind, value);
+        }
+        e
+    }
+
+    #[test]
+    fn assumed_role_session_resolves_to_its_role_and_learns_issued_keys() {
+        let registry = Registry::parse(REGISTRY, "r").unwrap();
+        let mut resolver = Resolver::new(10);
+
+        let mut issue = event(
+            Category::TokenIssuance,
+            &[(PrincipalKind::RoleArn, "arn:aws:iam::111122223333:user/ci")],
+        );
+        issue.target_principal = Some("arn:aws:iam::111122223333:role/report-bot".into());
+        issue.issued_token_id = Some("ASIAEXAMPLE1".into());
+        resolver.resolve(&registry, &mut issue);
+        assert_eq!(issue.identity.as_ref().unwrap().key, "app:report-bot");
+
+        let mut call = event(Category::ApiCall, &[(PrincipalKind::AccessKey, "ASIAEXAMPLE1")]);
+        resolver.resolve(&registry, &mut call);
+        let id = call.identity.unwrap();
+        assert_eq!(id.status, IdentityStatus::Registered);
+        assert_eq!(id.app_id.as_deref(), Some("report-bot"));
+
+        let mut session = event(
+            Category::ApiCall,
+            &[(
+                PrincipalKind::RoleArn,
+                "arn:aws:sts::111122223333:assumed-role/report-bot/i-0abc",
+            )],
+        );
+        resolver.resolve(&registry, &mut session);
+        assert_eq!(session.identity.unwrap().key, "app:report-bot");
+    }
+
+    #[test]
+    fn unknown_and_anonymous_keep_their_raw_form() {
+        let registry = Registry::parse(REGISTRY, "r").unwrap();
+        let mut resolver = Resolver::new(10);
+        let mut e = event(
+            Category::Authentication,
+            &[(PrincipalKind::OauthClient, "0oa-shadow"), (PrincipalKind::SourceIp, "10.0.0.9")],
+        );
+        resolver.resolve(&registry, &mut e);
+        let id = e.identity.unwrap();
+        assert_eq!(id.status, IdentityStatus::Unregistered);
+        assert_eq!(id.key, "oauth_client:0oa-shadow");
+        let mut anon = event(Category::EgressRequest, &[]);
+        resolver.resolve(&registry, &mut anon);
+        assert_eq!(anon.identity.unwrap().status, IdentityStatus::Anonymous);
+    }
+
+    #[test]
+    fn issued_memory_is_bounded() {
+        let mut issued = IssuedCredentials::new(2);
+        issued.insert("a", "x");
+        issued.insert("b", "x");
+        issued.insert("c", "y");
+        assert!(issued.get("a").is_none());
+        assert_eq!(issued.get("c").map(|s| s.as_ref()), Some("y"));
+        assert_eq!(issued.by_token.len(), 2);
+    }
+
+    #[test]
+    fn session_arn_forms() {
+        assert_eq!(
+            role_arn_of_session("arn:aws:sts::123:assumed-role/Admin/bob").as_deref(),
+            Some("arn:aws:iam::123:role/Admin")
+        );
+        assert_eq!(role_arn_of_session("arn:aws:iam::123:role/Admin"), None);
+        assert_eq!(role_arn_of_session("garbage"), None);
+    }
+}

@@ -1,0 +1,445 @@
+//! Settings: typed, documented configuration loaded with the `config` crate.
+//!
+//! Layers, later ones win: the defaults in `config/appwarden.toml` (compiled
+//! into the binary), a user file (`--config FILE`), then environment
+//! variables `APPWARDEN__SECTION__KEY` (e.g. `APPWARDEN__KAFKA__BROKERS`).
+//! Secrets never live in these layers: a setting that needs one holds a
+//! [`SecretRef`] naming an environment variable or a file.
+
+mod secret;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{FieldMapping, Format};
+pub use secret::{SecretError, SecretRef};
+
+/// The defaults shipped with the binary; the same text as `config/appwarden.toml`.
+pub const DEFAULTS_TOML: &str = include_str!("../../config/appwarden.toml");
+
+/// Prefix of environment overrides: `APPWARDEN__KAFKA__BROKERS=host:9092`.
+pub const ENV_PREFIX: &str = "APPWARDEN";
+pub const ENV_SEPARATOR: &str = "__";
+
+/// Everything `appwarden` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Kafka connection, consumer group and input topics.
+    pub kafka: KafkaSettings,
+    /// Limits on input records.
+    pub input: InputSettings,
+    /// The micro-app registry.
+    pub registry: RegistrySettings,
+    /// Where records that cannot be decoded go.
+    pub dead_letter: DeadLetterSettings,
+    /// Where normalized, identity-resolved events go.
+    pub output: OutputSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// Kafka settings. Anything librdkafka understands can be passed through `properties`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, comma-separated `host:port` (librdkafka `bootstrap.servers`).
+    pub brokers: String,
+    /// Consumer group; several `appwarden run` processes in one group share the partitions.
+    pub group_id: String,
+    /// Input topics, each with the format of its records (`auto` recognises them per record).
+    pub topics: Vec<TopicSettings>,
+    /// Most records processed before outputs are flushed and offsets stored.
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: usize,
+    /// Longest a partial batch waits for more records before it is flushed.
+    #[serde(default = "default_batch_linger_ms")]
+    pub batch_linger_ms: u64,
+    /// Extra librdkafka properties, passed through as they are: `security.protocol`,
+    /// `sasl.mechanisms`, `sasl.username`, `ssl.ca.location`, `auto.offset.reset`, …
+    /// Secret values are refused here; put them in `secret_properties`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values are secrets (`sasl.password`,
+    /// `ssl.key.password`, …), each read from `{ env = "VAR" }` or `{ file = "PATH" }`.
+    #[serde(default)]
+    pub secret_properties: BTreeMap<String, SecretRef>,
+}
+
+/// One input topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Topic name.
+    pub name: String,
+    /// Record format: auto, okta, entra, cloudtrail, vault, kong, envoy, squid, generic.
+    #[serde(default = "default_format")]
+    pub format: Format,
+    /// Field mapping for `generic` topics whose records are not in the documented generic form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<FieldMapping>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSettings {
+    /// Records larger than this are dead-lettered as `oversized` without being parsed.
+    pub max_record_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// The registry file (YAML). Relative paths are relative to the working directory.
+    pub path: PathBuf,
+    /// How often the file is checked for changes (SIGHUP also reloads it at once).
+    pub reload_interval_secs: u64,
+    /// Most credentials (STS keys, Vault accessors) remembered as issued to an app.
+    pub issued_credentials_max: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSettings {
+    /// Kafka topic for dead letters (keyed by the source topic). Empty: none.
+    #[serde(default)]
+    pub topic: String,
+    /// NDJSON file for dead letters (appended). Empty: none. At least one of the two is required.
+    #[serde(default)]
+    pub file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSettings {
+    /// Kafka topic for normalized events (JSON, keyed by identity). Empty: none.
+    #[serde(default)]
+    pub events_topic: String,
+    /// NDJSON file for normalized events (appended). Empty: none.
+    #[serde(default)]
+    pub events_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `pretty` (human), `json` (one object per line), or `auto`: pretty on a terminal, else JSON.
+    pub format: LogFormat,
+    /// Level filter in `tracing` syntax (`info`, `appwarden=debug,rdkafka=warn`); `RUST_LOG` wins.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Auto,
+    Pretty,
+    Json,
+}
+
+fn default_format() -> Format {
+    Format::Auto
+}
+fn default_batch_max_records() -> usize {
+    500
+}
+fn default_batch_linger_ms() -> u64 {
+    20
+}
+
+/// librdkafka properties whose values are secrets and may not be written in clear.
+const SECRET_PROPERTIES: [&str; 8] = [
+    "sasl.password",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.truststore.password",
+];
+
+/// A settings error: the key it concerns and what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read settings ({sources}): {message}")]
+    Load { sources: String, message: String },
+    #[error("{key}: {message} (settings from {sources})")]
+    Invalid {
+        key: String,
+        message: String,
+        sources: String,
+    },
+}
+
+/// Where the effective settings came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SettingsSources {
+    pub user_file: Option<PathBuf>,
+    pub env_keys: Vec<String>,
+}
+
+impl fmt::Display for SettingsSources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("built-in defaults (config/appwarden.toml)")?;
+        if let Some(path) = &self.user_file {
+            write!(f, ", {}", path.display())?;
+        }
+        if !self.env_keys.is_empty() {
+            write!(f, ", environment {}", self.env_keys.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Loads the layers and validates the result.
+    pub fn load(user_file: Option<&Path>) -> Result<(Settings, SettingsSources), SettingsError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(user_file, env)
+    }
+
+    /// Like [`Settings::load`], with the environment passed in (tests pass their own).
+    pub fn load_with_env(
+        user_file: Option<&Path>,
+        env: Vec<(String, String)>,
+    ) -> Result<(Settings, SettingsSources), SettingsError> {
+        use config::{Config, Environment, File, FileFormat};
+
+        let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .collect();
+        let mut env_keys: Vec<String> = env.keys().cloned().collect();
+        env_keys.sort();
+        let sources = SettingsSources {
+            user_file: user_file.map(Path::to_path_buf),
+            env_keys,
+        };
+
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
+        if let Some(path) = user_file {
+            if !path.is_file() {
+                return Err(SettingsError::Load {
+                    sources: sources.to_string(),
+                    message: format!("config file {} does not exist", path.display()),
+                });
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| SettingsError::Load {
+                sources: sources.to_string(),
+                message: e.to_string(),
+            })?;
+        settings.validate().map_err(|(key, message)| SettingsError::Invalid {
+            key,
+            message,
+            sources: sources.to_string(),
+        })?;
+        Ok((settings, sources))
+    }
+
+    /// Checks invariants that types cannot; returns the key at fault and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((key.to_string(), msg));
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            return err("kafka.brokers", "must name at least one broker (host:port)".into());
+        }
+        if k.group_id.trim().is_empty() {
+            return err("kafka.group_id", "must not be empty".into());
+        }
+        if k.topics.is_empty() {
+            return err("kafka.topics", "must list at least one input topic".into());
+        }
+        let mut names = HashSet::new();
+        for (i, topic) in k.topics.iter().enumerate() {
+            if topic.name.trim().is_empty() {
+                return err(&format!("kafka.topics[{i}].name"), "must not be empty".into());
+            }
+            if !names.insert(topic.name.as_str()) {
+                return err(
+                    &format!("kafka.topics[{i}].name"),
+                    format!("topic `{}` is listed twice", topic.name),
+                );
+            }
+            if let Some(mapping) = &topic.mapping {
+                if topic.format != Format::Generic {
+                    return err(
+                        &format!("kafka.topics[{i}].mapping"),
+                        format!("a mapping needs format = \"generic\", not \"{}\"", topic.format),
+                    );
+                }
+                if let Err(msg) = mapping.validate() {
+                    return err(&format!("kafka.topics[{i}].mapping"), msg);
+                }
+            }
+        }
+        if k.batch_max_records == 0 || k.batch_max_records > 100_000 {
+            return err("kafka.batch_max_records", "must be between 1 and 100000".into());
+        }
+        if k.batch_linger_ms > 10_000 {
+            return err("kafka.batch_linger_ms", "must be at most 10000".into());
+        }
+        for key in k.properties.keys() {
+            if SECRET_PROPERTIES.contains(&key.as_str()) {
+                return err(
+                    &format!("kafka.properties.\"{key}\""),
+                    "holds a secret in clear; set it in kafka.secret_properties as { env = \"VAR\" } or { file = \"PATH\" }".into(),
+                );
+            }
+            if matches!(
+                key.as_str(),
+                "bootstrap.servers" | "group.id" | "enable.auto.offset.store"
+            ) {
+                return err(
+                    &format!("kafka.properties.\"{key}\""),
+                    "is set by AppWarden itself (use kafka.brokers / kafka.group_id; offsets are stored only after processing)".into(),
+                );
+            }
+        }
+        for (key, secret) in &k.secret_properties {
+            if let Err(msg) = secret.validate() {
+                return err(&format!("kafka.secret_properties.\"{key}\""), msg);
+            }
+        }
+        if self.input.max_record_bytes < 64 || self.input.max_record_bytes > 64 * 1024 * 1024 {
+            return err("input.max_record_bytes", "must be between 64 and 67108864".into());
+        }
+        if self.registry.path.as_os_str().is_empty() {
+            return err("registry.path", "must name the registry file".into());
+        }
+        if self.registry.reload_interval_secs == 0 {
+            return err("registry.reload_interval_secs", "must be at least 1".into());
+        }
+        if self.registry.issued_credentials_max == 0 {
+            return err("registry.issued_credentials_max", "must be at least 1".into());
+        }
+        if self.dead_letter.topic.is_empty() && self.dead_letter.file.is_empty() {
+            return err(
+                "dead_letter",
+                "set dead_letter.topic or dead_letter.file: bad records are never dropped".into(),
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return err("log.level", format!("`{}` is not a valid filter: {e}", self.log.level));
+        }
+        Ok(())
+    }
+
+    /// The effective settings as TOML. Secret references show where a secret
+    /// comes from, never its value.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+
+    /// The format and decode options of each input topic.
+    pub fn topic(&self, name: &str) -> Option<&TopicSettings> {
+        self.kafka.topics.iter().find(|t| t.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(user: Option<&str>, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user.toml");
+        if let Some(text) = user {
+            std::fs::write(&path, text).unwrap();
+        }
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_with_env(user.map(|_| path.as_path()), env).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = load(None, &[]).unwrap();
+        assert!(!s.kafka.topics.is_empty());
+        assert_eq!(s.kafka.batch_max_records, 500);
+    }
+
+    #[test]
+    fn user_file_then_env_override() {
+        let user = r#"
+[kafka]
+brokers = "file:9092"
+group_id = "g1"
+topics = [{ name = "okta-logs", format = "okta" }]
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+"#;
+        let s = load(
+            Some(user),
+            &[
+                ("APPWARDEN__KAFKA__BROKERS", "env:9092"),
+                ("APPWARDEN__INPUT__MAX_RECORD_BYTES", "2048"),
+                ("APPWARDEN_UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.kafka.brokers, "env:9092");
+        assert_eq!(s.kafka.group_id, "g1");
+        assert_eq!(s.kafka.topics[0].format, Format::Okta);
+        assert_eq!(s.input.max_record_bytes, 2048);
+        assert_eq!(
+            s.kafka.properties.get("security.protocol").map(String::as_str),
+            Some("SASL_SSL")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let e = load(Some("[kafka]\nbrokerz = \"x\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("brokerz"), "{e}");
+        let e = load(None, &[("APPWARDEN__KAFKA__NOPE", "1")]).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let e = load(Some("[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n"), &[]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("kafka.properties.\"sasl.password\""), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let e = load(
+            Some("[kafka]\ntopics = [{ name = \"a\", format = \"okta\", mapping = { time = \"/t\" } }]\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("kafka.topics[0].mapping"), "{e}");
+        let e = load(Some("[dead_letter]\ntopic = \"\"\nfile = \"\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().starts_with("dead_letter:"), "{e}");
+        let e = load(Some("[kafka]\ntopics = [{ name = \"a\", format = \"syslog\" }]\n"), &[])
+            .unwrap_err();
+        assert!(e.to_string().contains("syslog"), "{e}");
+    }
+
+    #[test]
+    fn rendering_shows_secret_refs_not_values() {
+        let user = "[kafka.secret_properties]\n\"sasl.password\" = { env = \"KAFKA_PW\" }\n";
+        let s = load(Some(user), &[("KAFKA_PW", "hunter2")]).unwrap();
+        let text = s.to_toml();
+        assert!(text.contains("KAFKA_PW"), "{text}");
+        assert!(!text.contains("hunter2"));
+    }
+}

@@ -1,0 +1,196 @@
+//! Telemetry: counters of what the pipeline did, and rate-limited logging of bad input.
+//!
+//! Labels are fixed and low-cardinality (format, category, reason), never an identity.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::decode::DecodeError;
+use crate::event::{Category, IdentityStatus, NormalizedEvent, Product, SourceKind};
+
+const SOURCES: [SourceKind; 3] = [SourceKind::Sso, SourceKind::Gateway, SourceKind::Secrets];
+
+fn index_of<T: PartialEq>(all: &[T], item: &T) -> usize {
+    all.iter().position(|x| x == item).unwrap_or(0)
+}
+
+/// Counters shared by every stage; cheap relaxed atomics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    records: AtomicU64,
+    records_without_events: AtomicU64,
+    events_by_product: [AtomicU64; Product::ALL.len()],
+    events_by_category: [AtomicU64; Category::ALL.len()],
+    events_by_source: [AtomicU64; SOURCES.len()],
+    events_by_status: [AtomicU64; 3],
+    decode_errors: [AtomicU64; DecodeError::REASONS.len()],
+    dead_letters: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`], for summaries and tests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StatsSnapshot {
+    pub records: u64,
+    pub records_without_events: u64,
+    pub events: u64,
+    pub events_by_product: Vec<(&'static str, u64)>,
+    pub events_by_category: Vec<(&'static str, u64)>,
+    pub events_by_source: Vec<(&'static str, u64)>,
+    pub registered: u64,
+    pub unregistered: u64,
+    pub anonymous: u64,
+    pub decode_errors: Vec<(&'static str, u64)>,
+    pub dead_letters: u64,
+}
+
+impl StatsSnapshot {
+    pub fn get<'a>(list: &'a [(&'static str, u64)], name: &str) -> u64 {
+        list.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
+    }
+}
+
+impl Stats {
+    pub fn record(&self) {
+        self.records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_without_events(&self) {
+        self.records_without_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn event(&self, event: &NormalizedEvent) {
+        self.events_by_product[index_of(&Product::ALL, &event.product)]
+            .fetch_add(1, Ordering::Relaxed);
+        self.events_by_category[index_of(&Category::ALL, &event.category)]
+            .fetch_add(1, Ordering::Relaxed);
+        self.events_by_source[index_of(&SOURCES, &event.source_kind)]
+            .fetch_add(1, Ordering::Relaxed);
+        let status = match event.identity.as_ref().map(|i| i.status) {
+            Some(IdentityStatus::Registered) => 0,
+            Some(IdentityStatus::Unregistered) => 1,
+            Some(IdentityStatus::Anonymous) | None => 2,
+        };
+        self.events_by_status[status].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn decode_error(&self, error: &DecodeError) {
+        let i = index_of(&DecodeError::REASONS, &error.reason());
+        self.decode_errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dead_letter(&self) {
+        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let events_by_product: Vec<_> = Product::ALL
+            .iter()
+            .zip(&self.events_by_product)
+            .map(|(p, a)| (p.as_str(), load(a)))
+            .collect();
+        StatsSnapshot {
+            records: load(&self.records),
+            records_without_events: load(&self.records_without_events),
+            events: events_by_product.iter().map(|(_, v)| v).sum(),
+            events_by_product,
+            events_by_category: Category::ALL
+                .iter()
+                .zip(&self.events_by_category)
+                .map(|(c, a)| (c.as_str(), load(a)))
+                .collect(),
+            events_by_source: ["sso", "gateway", "secrets"]
+                .into_iter()
+                .zip(&self.events_by_source)
+                .map(|(s, a)| (s, load(a)))
+                .collect(),
+            registered: load(&self.events_by_status[0]),
+            unregistered: load(&self.events_by_status[1]),
+            anonymous: load(&self.events_by_status[2]),
+            decode_errors: DecodeError::REASONS
+                .iter()
+                .zip(&self.decode_errors)
+                .map(|(r, a)| (*r, load(a)))
+                .collect(),
+            dead_letters: load(&self.dead_letters),
+        }
+    }
+}
+
+/// Logs a warning of each kind at most once per interval, saying how many
+/// were suppressed in between, so a flood of bad records cannot flood the log.
+#[derive(Debug)]
+pub struct RateLimitedLog {
+    interval: Duration,
+    last: Mutex<Vec<(&'static str, Instant, u64)>>,
+}
+
+impl RateLimitedLog {
+    pub fn new(interval: Duration) -> Self {
+        RateLimitedLog {
+            interval,
+            last: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Returns `Some(suppressed)` when a message of `kind` should be logged now.
+    pub fn admit(&self, kind: &'static str) -> Option<u64> {
+        self.admit_at(kind, Instant::now())
+    }
+
+    fn admit_at(&self, kind: &'static str, now: Instant) -> Option<u64> {
+        let mut last = match self.last.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match last.iter_mut().find(|(k, _, _)| *k == kind) {
+            None => {
+                last.push((kind, now, 0));
+                Some(0)
+            }
+            Some(entry) if now.duration_since(entry.1) >= self.interval => {
+                let suppressed = entry.2;
+                entry.1 = now;
+                entry.2 = 0;
+                Some(suppressed)
+            }
+            Some(entry) => {
+                entry.2 += 1;
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_logs_first_then_counts() {
+        let log = RateLimitedLog::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(log.admit_at("bad_json", t0), Some(0));
+        assert_eq!(log.admit_at("bad_json", t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.admit_at("bad_json", t0 + Duration::from_secs(2)), None);
+        assert_eq!(log.admit_at("oversized", t0 + Duration::from_secs(2)), Some(0));
+        assert_eq!(log.admit_at("bad_json", t0 + Duration::from_secs(11)), Some(2));
+    }
+
+    #[test]
+    fn snapshot_counts_by_label() {
+        let stats = Stats::default();
+        stats.record();
+        stats.decode_error(&DecodeError::UnknownFormat);
+        let snap = stats.snapshot();
+        assert_eq!(snap.records, 1);
+        assert_eq!(StatsSnapshot::get(&snap.decode_errors, "unknown_format"), 1);
+        assert_eq!(snap.events, 0);
+    }
+}
