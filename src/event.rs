@@ -396,11 +396,11 @@ impl NormalizedEvent {
 /// Splits `host[:port]` (or `[v6]:port`) into a lower-case host and a port.
 pub fn split_host_port(authority: &str) -> (String, Option<u16>) {
     let authority = authority.trim();
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((host, tail)) = rest.split_once(']') {
-            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (host.to_ascii_lowercase(), port);
-        }
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((host, tail)) = rest.split_once(']')
+    {
+        let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (host.to_ascii_lowercase(), port);
     }
     match authority.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') => match port.parse() {
@@ -443,7 +443,10 @@ mod tests {
         );
         assert_eq!(split_host_port("example.com"), ("example.com".into(), None));
         assert_eq!(split_host_port("[::1]:8080"), ("::1".into(), Some(8080)));
-        assert_eq!(split_host_port("host:notaport"), ("host:notaport".into(), None));
+        assert_eq!(
+            split_host_port("host:notaport"),
+            ("host:notaport".into(), None)
+        );
     }
 
     #[test]

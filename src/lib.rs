@@ -11,10 +11,20 @@
 //! - [`pipeline`]: the per-record stage shared by `run` and `replay` (decode → identity), with dead letters.
 //! - [`settings`]: typed configuration (`config/appwarden.toml`, user file, environment).
 //! - [`telemetry`]: counters and rate-limited logs of what the pipeline did.
+//! - [`source`]: Kafka consumer (at-least-once) and file reader (replay) feeding the pipeline.
+//! - [`sinks`]: outputs for events and dead letters (Kafka topics, NDJSON files).
+//! - [`daemon`]: wires settings into registry, pipeline, sinks and the Kafka source.
+//! - [`generator`]: seeded traffic of micro-apps in vendor formats, with injected incidents (demo, tests, benches).
+//! - [`demo`]: the daemon on an embedded Kafka with generated traffic (`appwarden demo`).
 
+pub mod daemon;
 pub mod decode;
+pub mod demo;
 pub mod event;
+pub mod generator;
 pub mod identity;
 pub mod pipeline;
 pub mod settings;
+pub mod sinks;
+pub mod source;
 pub mod telemetry;

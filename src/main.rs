@@ -1,1 +1,280 @@
-fn main() {}
+//! The `appwarden` command line: run, replay, demo, check-config.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use appwarden::daemon::{Daemon, build_outputs};
+use appwarden::decode::{DecodeOptions, Format};
+use appwarden::demo::{self, DemoOptions};
+use appwarden::identity::RegistryReloader;
+use appwarden::pipeline::Pipeline;
+use appwarden::settings::{LogFormat, Settings};
+use appwarden::sinks::NdjsonWriter;
+use appwarden::source::file;
+use appwarden::telemetry::Stats;
+
+/// AppWarden watches the identities of micro-apps (small apps, bots and AI
+/// agents) in SSO, API-gateway and secrets-manager logs read from Kafka, and
+/// ties every event to the registered app behind it.
+#[derive(Parser)]
+#[command(name = "appwarden", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: consume the configured Kafka topics, decode, resolve identities,
+    /// write normalized events and dead letters. Stops cleanly on SIGINT/SIGTERM;
+    /// SIGHUP reloads the registry.
+    Run {
+        /// User settings file (TOML) over the built-in defaults; APPWARDEN__SECTION__KEY variables override both.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Replay log files through the same pipeline and write normalized events as NDJSON.
+    ///
+    /// Inputs may be NDJSON, JSON arrays, CloudTrail files ({"Records":[...]}, also .gz)
+    /// or Squid access logs; `-` reads standard input.
+    Replay {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Record format of every input (auto recognises each record).
+        #[arg(long, short, default_value = "auto")]
+        format: Format,
+        /// Where normalized events go (`-` for standard output).
+        #[arg(long, short, default_value = "-")]
+        out: PathBuf,
+        /// Where records that cannot be decoded go (default: dead_letter.file from the
+        /// settings, else appwarden-deadletter.ndjson).
+        #[arg(long)]
+        dead_letter_out: Option<PathBuf>,
+        /// Input files.
+        #[arg(required = true)]
+        inputs: Vec<String>,
+    },
+    /// Run the whole pipeline on an embedded Kafka (librdkafka's mock cluster) with
+    /// generated micro-app traffic and injected incidents, then print a summary.
+    Demo {
+        /// Wall-clock seconds to run.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Simulated hours of traffic played in that time.
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+        /// Registered micro-apps in the generated world.
+        #[arg(long, default_value_t = 36)]
+        apps: usize,
+        /// Generator seed (same seed, same traffic).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Folder for the demo's outputs (registry, events, dead letters, incidents).
+        #[arg(long, default_value = "appwarden-demo")]
+        out: PathBuf,
+    },
+    /// Print the effective settings (secrets shown only as references) and check
+    /// the registry; exit non-zero with the offending key on error.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_settings(config: Option<&Path>) -> anyhow::Result<Settings> {
+    let (settings, _) = Settings::load(config)?;
+    Ok(settings)
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    token.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        token.cancel();
+    });
+}
+
+async fn run(config: Option<&Path>) -> anyhow::Result<()> {
+    let settings = load_settings(config)?;
+    init_logging(settings.log.format, &settings.log.level);
+    let stats = Arc::new(Stats::default());
+    let daemon = Daemon::build(&settings, stats)?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    tracing::info!(brokers = %settings.kafka.brokers, group = %settings.kafka.group_id, "appwarden running");
+    daemon.run(shutdown).await?;
+    Ok(())
+}
+
+async fn replay(
+    config: Option<&Path>,
+    format: Format,
+    out: &Path,
+    dead_letter_out: Option<&Path>,
+    inputs: &[String],
+) -> anyhow::Result<()> {
+    let mut settings = load_settings(config)?;
+    init_logging(settings.log.format, &settings.log.level);
+    let dead_letters = match dead_letter_out {
+        Some(path) => path.to_path_buf(),
+        None if !settings.dead_letter.file.is_empty() => PathBuf::from(&settings.dead_letter.file),
+        None => PathBuf::from("appwarden-deadletter.ndjson"),
+    };
+    settings.dead_letter.file = String::new();
+    settings.output.events_file = String::new();
+    let (_reloader, registry) = RegistryReloader::start(&settings.registry.path)?;
+    let stats = Arc::new(Stats::default());
+    let mut pipeline = Pipeline::new(
+        settings.input.max_record_bytes,
+        registry,
+        settings.registry.issued_credentials_max,
+        stats.clone(),
+    );
+    let mut outputs = build_outputs(&settings, false)?;
+    outputs.events_file = Some(NdjsonWriter::open(out)?);
+    outputs.dead_letter_file = Some(NdjsonWriter::open(&dead_letters)?);
+    let options = DecodeOptions::default();
+    file::replay(inputs, format, &options, &mut pipeline, &mut outputs).await?;
+    let s = stats.snapshot();
+    eprintln!(
+        "replayed {} records: {} events ({} registered, {} unregistered, {} anonymous), {} dead-lettered{}",
+        s.records,
+        s.events,
+        s.registered,
+        s.unregistered,
+        s.anonymous,
+        s.dead_letters,
+        if s.dead_letters > 0 {
+            format!(" to {}", dead_letters.display())
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn check_config(config: Option<&Path>) -> anyhow::Result<()> {
+    let (settings, sources) = Settings::load(config)?;
+    println!("# effective settings from {sources}");
+    print!("{}", settings.to_toml());
+    for (key, secret) in &settings.kafka.secret_properties {
+        match secret.resolve() {
+            Ok(_) => println!("# kafka.secret_properties.\"{key}\": resolves ({secret:?})"),
+            Err(e) => bail!("kafka.secret_properties.\"{key}\": {e}"),
+        }
+    }
+    let registry = appwarden::identity::Registry::load(&settings.registry.path)
+        .with_context(|| "registry.path".to_string())?;
+    println!(
+        "# registry {}: {} apps",
+        settings.registry.path.display(),
+        registry.apps().len()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => run(config.as_deref()).await,
+            Command::Replay {
+                config,
+                format,
+                out,
+                dead_letter_out,
+                inputs,
+            } => {
+                replay(
+                    config.as_deref(),
+                    format,
+                    &out,
+                    dead_letter_out.as_deref(),
+                    &inputs,
+                )
+                .await
+            }
+            Command::Demo {
+                duration,
+                hours,
+                apps,
+                seed,
+                out,
+            } => {
+                init_logging(LogFormat::Pretty, "warn");
+                demo::run(DemoOptions {
+                    duration_secs: duration,
+                    hours,
+                    apps,
+                    seed,
+                    out,
+                })
+                .await
+                .map_err(anyhow::Error::from)
+            }
+            Command::CheckConfig { config } => check_config(config.as_deref()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -103,7 +103,7 @@ impl Pipeline {
         payload: &[u8],
         origin: Origin,
         out: &mut Vec<NormalizedEvent>,
-    ) -> Result<usize, DeadLetter> {
+    ) -> Result<usize, Box<DeadLetter>> {
         self.stats.record();
         let start = out.len();
         let decoded = if payload.len() > self.max_record_bytes {
@@ -126,7 +126,7 @@ impl Pipeline {
                     "record cannot be decoded; dead-lettered"
                 );
             }
-            return Err(DeadLetter::new(&error, format, origin, payload));
+            return Err(Box::new(DeadLetter::new(&error, format, origin, payload)));
         }
 
         let added = out.len() - start;
@@ -158,7 +158,12 @@ mod tests {
             "test",
         )
         .unwrap();
-        Pipeline::new(max, RegistryHandle::new(registry), 100, Arc::new(Stats::default()))
+        Pipeline::new(
+            max,
+            RegistryHandle::new(registry),
+            100,
+            Arc::new(Stats::default()),
+        )
     }
 
     fn origin(line: u64) -> Origin {
@@ -174,7 +179,10 @@ mod tests {
         let opts = DecodeOptions::default();
         let mut out = Vec::new();
         let good = br#"{"time":"2026-11-22T13:00:00Z","category":"api_call","principal":"bot-consumer","principal_kind":"gateway_consumer"}"#;
-        assert_eq!(p.process(Format::Generic, &opts, good, origin(1), &mut out), Ok(1));
+        assert_eq!(
+            p.process(Format::Generic, &opts, good, origin(1), &mut out),
+            Ok(1)
+        );
         let id = out[0].identity.as_ref().unwrap();
         assert_eq!(id.status, IdentityStatus::Registered);
         assert_eq!(out[0].origin, Some(origin(1)));
@@ -187,7 +195,13 @@ mod tests {
         assert_eq!(dl.key(), "t");
 
         let dl = p
-            .process(Format::Generic, &opts, &[0xff, 0xfe, b'{'], origin(3), &mut out)
+            .process(
+                Format::Generic,
+                &opts,
+                &[0xff, 0xfe, b'{'],
+                origin(3),
+                &mut out,
+            )
             .unwrap_err();
         assert_eq!(dl.payload_base64.as_deref(), Some("//57"));
         assert_eq!(out.len(), 1);
@@ -200,7 +214,13 @@ mod tests {
         let mut p = pipeline(64);
         let big = vec![b' '; 65];
         let dl = p
-            .process(Format::Auto, &DecodeOptions::default(), &big, origin(1), &mut Vec::new())
+            .process(
+                Format::Auto,
+                &DecodeOptions::default(),
+                &big,
+                origin(1),
+                &mut Vec::new(),
+            )
             .unwrap_err();
         assert_eq!(dl.reason, "oversized");
         assert!(dl.error.contains("65 bytes"));

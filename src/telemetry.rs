@@ -47,7 +47,7 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
-    pub fn get<'a>(list: &'a [(&'static str, u64)], name: &str) -> u64 {
+    pub fn get(list: &[(&'static str, u64)], name: &str) -> u64 {
         list.iter()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| *v)
@@ -179,8 +179,14 @@ mod tests {
         assert_eq!(log.admit_at("bad_json", t0), Some(0));
         assert_eq!(log.admit_at("bad_json", t0 + Duration::from_secs(1)), None);
         assert_eq!(log.admit_at("bad_json", t0 + Duration::from_secs(2)), None);
-        assert_eq!(log.admit_at("oversized", t0 + Duration::from_secs(2)), Some(0));
-        assert_eq!(log.admit_at("bad_json", t0 + Duration::from_secs(11)), Some(2));
+        assert_eq!(
+            log.admit_at("oversized", t0 + Duration::from_secs(2)),
+            Some(0)
+        );
+        assert_eq!(
+            log.admit_at("bad_json", t0 + Duration::from_secs(11)),
+            Some(2)
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{epoch_time, epoch_time_int, parse_time, DecodeError, Format};
+use super::{DecodeError, Format, epoch_time, epoch_time_int, parse_time};
 use crate::event::{Category, NormalizedEvent, Outcome, PrincipalKind, Product, SourceKind};
 
 const FORMAT: Format = Format::Generic;
@@ -99,12 +99,13 @@ impl FieldMapping {
             ("id", &self.id),
         ];
         for (field, pointer) in pointers {
-            if let Some(p) = pointer {
-                if !p.is_empty() && !p.starts_with('/') {
-                    return Err(format!(
-                        "{field} = \"{p}\" is not a JSON pointer (it must start with `/`, e.g. \"/{p}\")"
-                    ));
-                }
+            if let Some(p) = pointer
+                && !p.is_empty()
+                && !p.starts_with('/')
+            {
+                return Err(format!(
+                    "{field} = \"{p}\" is not a JSON pointer (it must start with `/`, e.g. \"/{p}\")"
+                ));
             }
         }
         Ok(())
@@ -211,7 +212,10 @@ pub fn decode(
             let name = text(field(&record, &m.category, "category"))
                 .ok_or_else(|| DecodeError::shape(FORMAT, "no category field"))?;
             Category::parse(&name).ok_or_else(|| {
-                DecodeError::shape(FORMAT, format!("unknown category `{}`", super::truncate(&name, 40)))
+                DecodeError::shape(
+                    FORMAT,
+                    format!("unknown category `{}`", super::truncate(&name, 40)),
+                )
             })?
         }
     };
@@ -222,7 +226,10 @@ pub fn decode(
         Some(k) => k,
         None => match text(field(&record, &m.principal_kind, "principal_kind")) {
             Some(name) => principal_kind(&name).ok_or_else(|| {
-                DecodeError::shape(FORMAT, format!("unknown principal_kind `{}`", super::truncate(&name, 40)))
+                DecodeError::shape(
+                    FORMAT,
+                    format!("unknown principal_kind `{}`", super::truncate(&name, 40)),
+                )
             })?,
             None => PrincipalKind::User,
         },
@@ -320,9 +327,18 @@ mod tests {
         let mut out = Vec::new();
         let cases: [(&[u8], &str); 6] = [
             (br#"{"category":"api_call","principal":"x"}"#, "bad_time"),
-            (br#"{"time":"soon","category":"api_call","principal":"x"}"#, "bad_time"),
-            (br#"{"time":"2026-01-01T00:00:00Z","category":"dance","principal":"x"}"#, "wrong_shape"),
-            (br#"{"time":"2026-01-01T00:00:00Z","category":"api_call"}"#, "wrong_shape"),
+            (
+                br#"{"time":"soon","category":"api_call","principal":"x"}"#,
+                "bad_time",
+            ),
+            (
+                br#"{"time":"2026-01-01T00:00:00Z","category":"dance","principal":"x"}"#,
+                "wrong_shape",
+            ),
+            (
+                br#"{"time":"2026-01-01T00:00:00Z","category":"api_call"}"#,
+                "wrong_shape",
+            ),
             (br#"[1,2]"#, "wrong_shape"),
             (br#"{"time": "#, "bad_json"),
         ];

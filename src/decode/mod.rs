@@ -7,7 +7,14 @@
 //! carries nothing to act on, such as a Vault request line whose response
 //! line follows); it never panics on input.
 
+pub mod cloudtrail;
+pub mod entra;
+pub mod envoy;
 pub mod generic;
+pub mod kong;
+pub mod okta;
+pub mod squid;
+pub mod vault;
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,7 +43,8 @@ pub enum Format {
 }
 
 impl Format {
-    pub const NAMES: &'static str = "auto, okta, entra, cloudtrail, vault, kong, envoy, squid, generic";
+    pub const NAMES: &'static str =
+        "auto, okta, entra, cloudtrail, vault, kong, envoy, squid, generic";
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -179,7 +187,11 @@ pub fn parse_time(format: Format, text: &str) -> Result<DateTime<Utc>, DecodeErr
 
 /// Event time from epoch seconds (fractional allowed) or, above 1e11, milliseconds.
 pub fn epoch_time(format: Format, value: f64) -> Result<DateTime<Utc>, DecodeError> {
-    let secs = if value.abs() >= 1e11 { value / 1000.0 } else { value };
+    let secs = if value.abs() >= 1e11 {
+        value / 1000.0
+    } else {
+        value
+    };
     if !secs.is_finite() || !(0.0..=253_402_300_799.0).contains(&secs) {
         return Err(DecodeError::BadTime {
             format,
@@ -201,10 +213,11 @@ pub fn epoch_time_int(format: Format, value: i64) -> Result<DateTime<Utc>, Decod
     } else {
         DateTime::from_timestamp(value, 0)
     };
-    time.filter(|t| t.timestamp() >= 0).ok_or_else(|| DecodeError::BadTime {
-        format,
-        detail: format!("epoch value {value} is out of range"),
-    })
+    time.filter(|t| t.timestamp() >= 0)
+        .ok_or_else(|| DecodeError::BadTime {
+            format,
+            detail: format!("epoch value {value} is out of range"),
+        })
 }
 
 /// At most `max` bytes of `text`, cut on a character boundary (for error messages).
@@ -269,13 +282,13 @@ fn decode_at(
                 Ok(())
             }
         },
-        Format::Okta => Err(DecodeError::UnknownFormat), // PENDING-REGISTRATION: okta::decode(payload, out)
-        Format::Entra => Err(DecodeError::UnknownFormat), // PENDING-REGISTRATION: entra::decode(payload, out)
-        Format::Cloudtrail => Err(DecodeError::UnknownFormat), // PENDING-REGISTRATION: cloudtrail::decode(payload, out)
-        Format::Vault => Err(DecodeError::UnknownFormat), // PENDING-REGISTRATION: vault::decode(payload, out)
-        Format::Kong => Err(DecodeError::UnknownFormat), // PENDING-REGISTRATION: kong::decode(payload, out)
-        Format::Envoy => Err(DecodeError::UnknownFormat), // PENDING-REGISTRATION: envoy::decode(payload, out)
-        Format::Squid => Err(DecodeError::UnknownFormat), // PENDING-REGISTRATION: squid::decode(payload, out)
+        Format::Okta => okta::decode(payload, out),
+        Format::Entra => entra::decode(payload, out),
+        Format::Cloudtrail => cloudtrail::decode(payload, out),
+        Format::Vault => vault::decode(payload, out),
+        Format::Kong => kong::decode(payload, out),
+        Format::Envoy => envoy::decode(payload, out),
+        Format::Squid => squid::decode(payload, out),
         Format::Generic => generic::decode(payload, options.mapping.as_ref(), out),
     }
 }
@@ -295,7 +308,11 @@ struct Probe<'a> {
     records: Option<Vec<&'a RawValue>>,
     Records: Option<IgnoredAny>,
     eventVersion: Option<IgnoredAny>,
+    #[serde(alias = "eventsource")]
     eventSource: Option<IgnoredAny>,
+    #[serde(alias = "eventname")]
+    eventName: Option<IgnoredAny>,
+    #[serde(alias = "eventtype")]
     eventType: Option<IgnoredAny>,
     published: Option<IgnoredAny>,
     #[serde(alias = "operationname")]
@@ -335,13 +352,18 @@ fn detect(payload: &[u8]) -> Result<Detected<'_>, DecodeError> {
     }
     let probe: Probe<'_> =
         serde_json::from_slice(payload).map_err(|e| DecodeError::from_json(Format::Auto, e))?;
-    let format = if probe.Records.is_some() || (probe.eventVersion.is_some() && probe.eventSource.is_some()) {
+    let format = if probe.Records.is_some()
+        || (probe.eventSource.is_some()
+            && (probe.eventVersion.is_some() || probe.eventName.is_some()))
+    {
         Format::Cloudtrail
     } else if let Some(items) = probe.records {
         return Ok(Detected::Envelope(items));
     } else if probe.eventType.is_some() && probe.published.is_some() {
         Format::Okta
-    } else if probe.operationName.is_some_and(|op| op.eq_ignore_ascii_case("Sign-in activity"))
+    } else if probe
+        .operationName
+        .is_some_and(|op| op.eq_ignore_ascii_case("Sign-in activity"))
         || (probe.category.is_some() && probe.properties.is_some())
     {
         Format::Entra
@@ -353,7 +375,9 @@ fn detect(payload: &[u8]) -> Result<Detected<'_>, DecodeError> {
     {
         Format::Kong
     } else if probe.start_time.is_some()
-        && (probe.response_code.is_some() || probe.authority.is_some() || probe.upstream_cluster.is_some())
+        && (probe.response_code.is_some()
+            || probe.authority.is_some()
+            || probe.upstream_cluster.is_some())
     {
         Format::Envoy
     } else if probe.principal.is_some() && probe.category.is_some() {
@@ -382,7 +406,12 @@ mod tests {
         ];
         for (input, reason) in cases {
             let err = decode(Format::Auto, input, &opts, &mut out).unwrap_err();
-            assert_eq!(err.reason(), reason, "input {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                err.reason(),
+                reason,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
         assert!(out.is_empty());
     }
@@ -397,8 +426,16 @@ mod tests {
         let c = parse_time(f, "2023-07-27 13:59:53.691680300").unwrap();
         assert_eq!(c.timestamp(), 1_690_466_393);
         assert_eq!(parse_time(f, "yesterday").unwrap_err().reason(), "bad_time");
-        assert_eq!(epoch_time(f, 1_690_466_393.25).unwrap().timestamp_millis(), 1_690_466_393_250);
-        assert_eq!(epoch_time(f, 1_690_466_393_250.0).unwrap().timestamp_millis(), 1_690_466_393_250);
+        assert_eq!(
+            epoch_time(f, 1_690_466_393.25).unwrap().timestamp_millis(),
+            1_690_466_393_250
+        );
+        assert_eq!(
+            epoch_time(f, 1_690_466_393_250.0)
+                .unwrap()
+                .timestamp_millis(),
+            1_690_466_393_250
+        );
         assert!(epoch_time(f, f64::NAN).is_err());
         assert!(epoch_time(f, -5.0).is_err());
     }
@@ -408,6 +445,11 @@ mod tests {
         for name in Format::NAMES.split(", ") {
             assert_eq!(name.parse::<Format>().unwrap().as_str(), name);
         }
-        assert!("syslog".parse::<Format>().unwrap_err().contains("expected one of"));
+        assert!(
+            "syslog"
+                .parse::<Format>()
+                .unwrap_err()
+                .contains("expected one of")
+        );
     }
 }

@@ -136,7 +136,8 @@ impl RegistryReloader {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "apps:\n  - {id: a, name: A, owner: o@x, risk_tier: public, registered_on: 2026-01-01}\n";
+    const GOOD: &str =
+        "apps:\n  - {id: a, name: A, owner: o@x, risk_tier: public, registered_on: 2026-01-01}\n";
     const TWO: &str = "apps:\n  - {id: a, name: A, owner: o@x, risk_tier: public, registered_on: 2026-01-01}\n  - {id: b, name: B, owner: o@x, risk_tier: public, registered_on: 2026-01-01}\n";
 
     #[test]
@@ -154,7 +155,11 @@ mod tests {
 
         std::fs::write(&path, "apps: [ {id: ").unwrap();
         assert!(!reloader.check(true));
-        assert_eq!(handle.snapshot().apps().len(), 2, "broken file keeps the last good registry");
+        assert_eq!(
+            handle.snapshot().apps().len(),
+            2,
+            "broken file keeps the last good registry"
+        );
     }
 
     #[test]

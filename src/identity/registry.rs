@@ -97,7 +97,10 @@ pub enum RiskVerdict {
 
 impl RiskFactors {
     pub fn score(&self) -> u8 {
-        self.data_class + self.permission_breadth + self.external_connectivity + self.known_vulnerabilities
+        self.data_class
+            + self.permission_breadth
+            + self.external_connectivity
+            + self.known_vulnerabilities
     }
 
     pub fn verdict(&self) -> RiskVerdict {
@@ -112,12 +115,22 @@ impl RiskFactors {
         let checks: [(&str, u8, &[u8]); 4] = [
             ("data_class", self.data_class, &[0, 1, 3, 5]),
             ("permission_breadth", self.permission_breadth, &[0, 2, 5]),
-            ("external_connectivity", self.external_connectivity, &[0, 1, 3]),
-            ("known_vulnerabilities", self.known_vulnerabilities, &[0, 2, 5]),
+            (
+                "external_connectivity",
+                self.external_connectivity,
+                &[0, 1, 3],
+            ),
+            (
+                "known_vulnerabilities",
+                self.known_vulnerabilities,
+                &[0, 2, 5],
+            ),
         ];
         for (name, value, allowed) in checks {
             if !allowed.contains(&value) {
-                return Err(format!("risk.{name} is {value}; allowed values are {allowed:?}"));
+                return Err(format!(
+                    "risk.{name} is {value}; allowed values are {allowed:?}"
+                ));
             }
         }
         Ok(())
@@ -230,10 +243,13 @@ impl Registry {
                 return Err(invalid(&app.id, "owner must not be empty".into()));
             }
             app.risk.validate().map_err(|m| invalid(&app.id, m))?;
-            if let Some(renewed) = app.renewed_on {
-                if renewed < app.registered_on {
-                    return Err(invalid(&app.id, "renewed_on is before registered_on".into()));
-                }
+            if let Some(renewed) = app.renewed_on
+                && renewed < app.registered_on
+            {
+                return Err(invalid(
+                    &app.id,
+                    "renewed_on is before registered_on".into(),
+                ));
             }
             let index = registry.apps.len();
             if registry.by_id.insert(app.id.clone(), index).is_some() {
@@ -242,7 +258,10 @@ impl Registry {
             for (kind, value) in app.identities.forms() {
                 let value = value.trim();
                 if value.is_empty() {
-                    return Err(invalid(&app.id, format!("an empty {} identity", kind.as_str())));
+                    return Err(invalid(
+                        &app.id,
+                        format!("an empty {} identity", kind.as_str()),
+                    ));
                 }
                 let entry = registry.by_principal.entry(value.to_string()).or_default();
                 if let Some(&(_, other)) = entry.iter().find(|(k, _)| *k == kind) {
@@ -311,13 +330,19 @@ apps:
     fn loads_and_indexes_every_form() {
         let r = Registry::parse(SAMPLE, "sample.yaml").unwrap();
         assert_eq!(r.apps().len(), 2);
-        let app = r.lookup(PrincipalKind::OauthClient, "0oa1invoicebot").unwrap();
+        let app = r
+            .lookup(PrincipalKind::OauthClient, "0oa1invoicebot")
+            .unwrap();
         assert_eq!(app.id, "invoice-bot");
         assert_eq!(app.risk.score(), 8);
         assert_eq!(app.risk.verdict(), RiskVerdict::Review);
-        assert!(r
-            .lookup(PrincipalKind::RoleArn, "arn:aws:iam::111122223333:role/invoice-bot")
-            .is_some());
+        assert!(
+            r.lookup(
+                PrincipalKind::RoleArn,
+                "arn:aws:iam::111122223333:role/invoice-bot"
+            )
+            .is_some()
+        );
         assert!(r.lookup(PrincipalKind::User, "0oa1invoicebot").is_none());
         assert_eq!(r.app("hr-faq-agent").unwrap().risk_tier, RiskTier::Internal);
     }
@@ -327,16 +352,20 @@ apps:
         let dup = SAMPLE.replace("hr-faq-agent", "invoice-bot");
         let e = Registry::parse(&dup, "r.yaml").unwrap_err();
         assert!(e.to_string().contains("id is used by two apps"), "{e}");
-        let shared = format!(
-            "{SAMPLE}    identities:\n      gateway_consumers: [invoice-bot]\n"
-        );
+        let shared = format!("{SAMPLE}    identities:\n      gateway_consumers: [invoice-bot]\n");
         let e = Registry::parse(&shared, "r.yaml").unwrap_err();
-        assert!(e.to_string().contains("also belongs to app `invoice-bot`"), "{e}");
+        assert!(
+            e.to_string().contains("also belongs to app `invoice-bot`"),
+            "{e}"
+        );
         let risk = SAMPLE.replace("data_class: 3", "data_class: 4");
         let e = Registry::parse(&risk, "r.yaml").unwrap_err();
         assert!(e.to_string().contains("risk.data_class is 4"), "{e}");
         let e = Registry::parse("apps: [{id: x}]", "r.yaml").unwrap_err();
-        assert!(e.to_string().starts_with("registry r.yaml is not valid"), "{e}");
+        assert!(
+            e.to_string().starts_with("registry r.yaml is not valid"),
+            "{e}"
+        );
         let e = Registry::parse(&SAMPLE.replace("owner: bob", "ownr: bob"), "r.yaml").unwrap_err();
         assert!(e.to_string().contains("ownr"), "{e}");
     }

@@ -74,10 +74,10 @@ impl Resolver {
     /// app, since the app is the one that receives the credential.
     pub fn resolve(&mut self, registry: &Registry, event: &mut NormalizedEvent) {
         let mut resolved = None;
-        if event.category == Category::TokenIssuance {
-            if let Some(target) = &event.target_principal {
-                resolved = self.match_ref(registry, PrincipalKind::RoleArn, target);
-            }
+        if event.category == Category::TokenIssuance
+            && let Some(target) = &event.target_principal
+        {
+            resolved = self.match_ref(registry, PrincipalKind::RoleArn, target);
         }
         if resolved.is_none() {
             resolved = event
@@ -86,15 +86,14 @@ impl Resolver {
                 .iter()
                 .find_map(|r| self.match_ref(registry, r.kind, &r.value));
         }
-        if resolved.is_none() {
-            if let Some(token) = &event.token_id {
-                if let Some(app_id) = self.issued.get(token) {
-                    resolved = Some((
-                        app_id.to_string(),
-                        PrincipalRef::new(PrincipalKind::AccessKey, token.clone()),
-                    ));
-                }
-            }
+        if resolved.is_none()
+            && let Some(token) = &event.token_id
+            && let Some(app_id) = self.issued.get(token)
+        {
+            resolved = Some((
+                app_id.to_string(),
+                PrincipalRef::new(PrincipalKind::AccessKey, token.clone()),
+            ));
         }
 
         let identity = match resolved {
@@ -215,7 +214,10 @@ apps:
         resolver.resolve(&registry, &mut issue);
         assert_eq!(issue.identity.as_ref().unwrap().key, "app:report-bot");
 
-        let mut call = event(Category::ApiCall, &[(PrincipalKind::AccessKey, "ASIAEXAMPLE1")]);
+        let mut call = event(
+            Category::ApiCall,
+            &[(PrincipalKind::AccessKey, "ASIAEXAMPLE1")],
+        );
         resolver.resolve(&registry, &mut call);
         let id = call.identity.unwrap();
         assert_eq!(id.status, IdentityStatus::Registered);
@@ -238,7 +240,10 @@ apps:
         let mut resolver = Resolver::new(10);
         let mut e = event(
             Category::Authentication,
-            &[(PrincipalKind::OauthClient, "0oa-shadow"), (PrincipalKind::SourceIp, "10.0.0.9")],
+            &[
+                (PrincipalKind::OauthClient, "0oa-shadow"),
+                (PrincipalKind::SourceIp, "10.0.0.9"),
+            ],
         );
         resolver.resolve(&registry, &mut e);
         let id = e.identity.unwrap();

@@ -239,18 +239,21 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let settings: Settings = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| SettingsError::Load {
+        let settings: Settings =
+            builder
+                .build()
+                .and_then(|c| c.try_deserialize())
+                .map_err(|e| SettingsError::Load {
+                    sources: sources.to_string(),
+                    message: e.to_string(),
+                })?;
+        settings
+            .validate()
+            .map_err(|(key, message)| SettingsError::Invalid {
+                key,
+                message,
                 sources: sources.to_string(),
-                message: e.to_string(),
             })?;
-        settings.validate().map_err(|(key, message)| SettingsError::Invalid {
-            key,
-            message,
-            sources: sources.to_string(),
-        })?;
         Ok((settings, sources))
     }
 
@@ -259,7 +262,10 @@ impl Settings {
         let err = |key: &str, msg: String| Err((key.to_string(), msg));
         let k = &self.kafka;
         if k.brokers.trim().is_empty() {
-            return err("kafka.brokers", "must name at least one broker (host:port)".into());
+            return err(
+                "kafka.brokers",
+                "must name at least one broker (host:port)".into(),
+            );
         }
         if k.group_id.trim().is_empty() {
             return err("kafka.group_id", "must not be empty".into());
@@ -270,7 +276,10 @@ impl Settings {
         let mut names = HashSet::new();
         for (i, topic) in k.topics.iter().enumerate() {
             if topic.name.trim().is_empty() {
-                return err(&format!("kafka.topics[{i}].name"), "must not be empty".into());
+                return err(
+                    &format!("kafka.topics[{i}].name"),
+                    "must not be empty".into(),
+                );
             }
             if !names.insert(topic.name.as_str()) {
                 return err(
@@ -282,7 +291,10 @@ impl Settings {
                 if topic.format != Format::Generic {
                     return err(
                         &format!("kafka.topics[{i}].mapping"),
-                        format!("a mapping needs format = \"generic\", not \"{}\"", topic.format),
+                        format!(
+                            "a mapping needs format = \"generic\", not \"{}\"",
+                            topic.format
+                        ),
                     );
                 }
                 if let Err(msg) = mapping.validate() {
@@ -291,7 +303,10 @@ impl Settings {
             }
         }
         if k.batch_max_records == 0 || k.batch_max_records > 100_000 {
-            return err("kafka.batch_max_records", "must be between 1 and 100000".into());
+            return err(
+                "kafka.batch_max_records",
+                "must be between 1 and 100000".into(),
+            );
         }
         if k.batch_linger_ms > 10_000 {
             return err("kafka.batch_linger_ms", "must be at most 10000".into());
@@ -319,7 +334,10 @@ impl Settings {
             }
         }
         if self.input.max_record_bytes < 64 || self.input.max_record_bytes > 64 * 1024 * 1024 {
-            return err("input.max_record_bytes", "must be between 64 and 67108864".into());
+            return err(
+                "input.max_record_bytes",
+                "must be between 64 and 67108864".into(),
+            );
         }
         if self.registry.path.as_os_str().is_empty() {
             return err("registry.path", "must name the registry file".into());
@@ -328,7 +346,10 @@ impl Settings {
             return err("registry.reload_interval_secs", "must be at least 1".into());
         }
         if self.registry.issued_credentials_max == 0 {
-            return err("registry.issued_credentials_max", "must be at least 1".into());
+            return err(
+                "registry.issued_credentials_max",
+                "must be at least 1".into(),
+            );
         }
         if self.dead_letter.topic.is_empty() && self.dead_letter.file.is_empty() {
             return err(
@@ -337,7 +358,10 @@ impl Settings {
             );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return err("log.level", format!("`{}` is not a valid filter: {e}", self.log.level));
+            return err(
+                "log.level",
+                format!("`{}` is not a valid filter: {e}", self.log.level),
+            );
         }
         Ok(())
     }
@@ -402,7 +426,10 @@ topics = [{ name = "okta-logs", format = "okta" }]
         assert_eq!(s.kafka.topics[0].format, Format::Okta);
         assert_eq!(s.input.max_record_bytes, 2048);
         assert_eq!(
-            s.kafka.properties.get("security.protocol").map(String::as_str),
+            s.kafka
+                .properties
+                .get("security.protocol")
+                .map(String::as_str),
             Some("SASL_SSL")
         );
     }
@@ -417,9 +444,16 @@ topics = [{ name = "okta-logs", format = "okta" }]
 
     #[test]
     fn invalid_values_name_the_key() {
-        let e = load(Some("[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n"), &[]).unwrap_err();
+        let e = load(
+            Some("[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n"),
+            &[],
+        )
+        .unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("kafka.properties.\"sasl.password\""), "{text}");
+        assert!(
+            text.contains("kafka.properties.\"sasl.password\""),
+            "{text}"
+        );
         assert!(!text.contains("hunter2"), "{text}");
         let e = load(
             Some("[kafka]\ntopics = [{ name = \"a\", format = \"okta\", mapping = { time = \"/t\" } }]\n"),
@@ -429,8 +463,11 @@ topics = [{ name = "okta-logs", format = "okta" }]
         assert!(e.to_string().contains("kafka.topics[0].mapping"), "{e}");
         let e = load(Some("[dead_letter]\ntopic = \"\"\nfile = \"\"\n"), &[]).unwrap_err();
         assert!(e.to_string().starts_with("dead_letter:"), "{e}");
-        let e = load(Some("[kafka]\ntopics = [{ name = \"a\", format = \"syslog\" }]\n"), &[])
-            .unwrap_err();
+        let e = load(
+            Some("[kafka]\ntopics = [{ name = \"a\", format = \"syslog\" }]\n"),
+            &[],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("syslog"), "{e}");
     }
 

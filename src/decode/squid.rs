@@ -1,0 +1,423 @@
+//! Squid native access-log lines (`logformat squid`) into egress-request events.
+//!
+//! A line is whitespace-separated (spaces or tabs, any number):
+//! `time elapsed remotehost code/status bytes method URL [rfc931 [peerstatus/peerhost [type]]]`,
+//! e.g. `1700000000.123  30012 10.1.2.3 TCP_TUNNEL/200 5120 CONNECT api.openai.com:443 alice HIER_DIRECT/104.18.7.192 -`.
+//! The first seven fields are required. A payload holding several lines yields one
+//! event per non-blank line; if any line fails, the whole payload fails.
+//!
+//! | event field | from |
+//! |---|---|
+//! | `time` | `time` (epoch seconds with a fraction, read exactly to the millisecond) |
+//! | `activity` | `method` as written (`CONNECT`, `GET`, `NONE`, `-`) |
+//! | `http_method` | `method`, unless `NONE` or `-` |
+//! | `actor` | `rfc931` user (gateway consumer) when not `-`, then `remotehost` (source IP) |
+//! | `src_ip` | `remotehost` |
+//! | `dst_host`, `dst_port` | CONNECT: the `host:port` URL; otherwise the host and port of an absolute URL; none for `error:…` URLs |
+//! | `resource` | the path of an absolute URL, without query string (none for CONNECT) |
+//! | `status_code` | the HTTP status after `/` in `code/status` (`"403"`, `"0"`) |
+//! | `outcome` | failure when the status is 0 or ≥ 400, or the code contains `DENIED`; else success |
+//! | `bytes_out` | `bytes` (reply size sent to the client) |
+//!
+//! A `code/status` field without `/`, or whose status is not a number, makes the
+//! line `wrong_shape` (it is not a native-format line); a non-numeric `bytes` is
+//! left out rather than rejected.
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::{DecodeError, Format, epoch_time_int};
+use crate::event::{
+    Category, NormalizedEvent, Outcome, PrincipalKind, Product, split_host_port, url_host_port,
+};
+
+const FORMAT: Format = Format::Squid;
+
+fn shape(detail: &'static str) -> DecodeError {
+    DecodeError::shape(FORMAT, detail)
+}
+
+/// `seconds[.fraction]` read exactly (a float would turn `.123` into `.122999…`).
+fn line_time(text: &str) -> Result<DateTime<Utc>, DecodeError> {
+    let bad = || DecodeError::BadTime {
+        format: FORMAT,
+        detail: format!("`{}` is not epoch seconds", super::truncate(text, 64)),
+    };
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let seconds: i64 = whole.parse().map_err(|_| bad())?;
+    if seconds >= 100_000_000_000 {
+        // epoch_time_int would read this as milliseconds; Squid writes seconds.
+        return Err(bad());
+    }
+    let mut nanos: i64 = 0;
+    let mut scale: i64 = 100_000_000;
+    for digit in fraction.bytes().take(9) {
+        nanos += i64::from(digit - b'0') * scale;
+        scale /= 10;
+    }
+    epoch_time_int(FORMAT, seconds)?
+        .checked_add_signed(TimeDelta::nanoseconds(nanos))
+        .ok_or_else(bad)
+}
+
+/// The path of an absolute URL, without query or fragment.
+fn url_path(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let start = rest.find('/')?;
+    rest.get(start..)?.split(['?', '#']).next()
+}
+
+fn decode_line(line: &str) -> Result<NormalizedEvent, DecodeError> {
+    let mut fields = line.split_ascii_whitespace();
+    let (
+        Some(time),
+        Some(_elapsed),
+        Some(client),
+        Some(result),
+        Some(bytes),
+        Some(method),
+        Some(url),
+    ) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    )
+    else {
+        return Err(shape("expected at least 7 whitespace-separated fields"));
+    };
+    let user = fields.next();
+
+    let time = line_time(time)?;
+    let (code, status) = result
+        .split_once('/')
+        .ok_or_else(|| shape("code/status field has no `/`"))?;
+    let status: u16 = status
+        .parse()
+        .map_err(|_| shape("status in code/status is not a number"))?;
+
+    let mut event = NormalizedEvent::new(time, Product::Squid, Category::EgressRequest, method);
+    if method != "NONE" && method != "-" {
+        event.http_method = Some(method.to_string());
+    }
+    if let Some(user) = user {
+        event.actor.push(PrincipalKind::GatewayConsumer, user);
+    }
+    event.actor.push(PrincipalKind::SourceIp, client);
+    if client != "-" {
+        event.src_ip = Some(client.to_string());
+    }
+
+    if !url.starts_with("error:") && url != "-" {
+        if method.eq_ignore_ascii_case("CONNECT") {
+            let (host, port) = split_host_port(url);
+            event.dst_host = Some(host);
+            event.dst_port = port;
+        } else if url.contains("://") {
+            if let Some((host, port)) = url_host_port(url) {
+                event.dst_host = Some(host);
+                event.dst_port = port;
+            }
+            event.resource = url_path(url).filter(|p| !p.is_empty()).map(str::to_string);
+        }
+    }
+
+    event.status_code = Some(status.to_string());
+    event.outcome = if status == 0 || status >= 400 || code.contains("DENIED") {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    };
+    event.bytes_out = bytes.parse().ok();
+    Ok(event)
+}
+
+/// Decodes Squid native access-log text: one event per non-blank line.
+pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), DecodeError> {
+    let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
+    let start = out.len();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match decode_line(line) {
+            Ok(event) => out.push(event),
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    if out.len() == start {
+        return Err(DecodeError::Empty);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::DecodeOptions;
+
+    const FIXTURE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/vendor/squid/documented.log"
+    );
+
+    fn fixture_lines() -> Vec<String> {
+        let text = std::fs::read_to_string(FIXTURE).expect("squid fixture is readable");
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The one fixture line containing `marker`, decoded.
+    fn event_for(marker: &str) -> NormalizedEvent {
+        let lines = fixture_lines();
+        let hits: Vec<&String> = lines.iter().filter(|l| l.contains(marker)).collect();
+        assert_eq!(
+            hits.len(),
+            1,
+            "marker {marker} should match one fixture line"
+        );
+        let mut out = Vec::new();
+        decode(hits[0].as_bytes(), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        out.remove(0)
+    }
+
+    fn reason(input: &[u8]) -> &'static str {
+        let mut out = Vec::new();
+        let err = decode(input, &mut out).unwrap_err();
+        assert!(out.is_empty());
+        err.reason()
+    }
+
+    #[test]
+    fn every_documented_line_decodes() {
+        let lines = fixture_lines();
+        assert!((8..=15).contains(&lines.len()), "{} lines", lines.len());
+        for line in &lines {
+            let mut out = Vec::new();
+            decode(line.as_bytes(), &mut out).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(out.len(), 1);
+            let e = &out[0];
+            assert_eq!(e.product, Product::Squid);
+            assert_eq!(e.category, Category::EgressRequest);
+            assert_eq!(e.class_uid, 4002);
+            assert!(e.src_ip.is_some(), "{line}");
+            assert!(e.status_code.is_some(), "{line}");
+            assert!(e.bytes_out.is_some(), "{line}");
+        }
+        // The whole file as one payload: one event per line.
+        let whole = std::fs::read(FIXTURE).unwrap();
+        let mut out = Vec::new();
+        decode(&whole, &mut out).unwrap();
+        assert_eq!(out.len(), lines.len());
+    }
+
+    #[test]
+    fn auto_detects_every_documented_line() {
+        let options = DecodeOptions::default();
+        for line in fixture_lines() {
+            let mut out = Vec::new();
+            crate::decode::decode(Format::Auto, line.as_bytes(), &options, &mut out)
+                .unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].product, Product::Squid, "{line}");
+        }
+    }
+
+    #[test]
+    fn plain_get() {
+        let e = event_for("http://pypi.org/simple/requests/");
+        assert_eq!(e.time.timestamp_millis(), 1_772_442_927_481);
+        assert_eq!(e.activity, "GET");
+        assert_eq!(e.http_method.as_deref(), Some("GET"));
+        assert_eq!(e.dst_host.as_deref(), Some("pypi.org"));
+        assert_eq!(e.dst_port, Some(80));
+        assert_eq!(e.resource.as_deref(), Some("/simple/requests/"));
+        assert_eq!(e.status_code.as_deref(), Some("200"));
+        assert_eq!(e.outcome, Outcome::Success);
+        assert_eq!(e.bytes_out, Some(4_312));
+        assert_eq!(e.bytes_in, None);
+        assert_eq!(e.src_ip.as_deref(), Some("10.1.2.3"));
+        assert_eq!(e.actor.refs.len(), 1);
+        assert_eq!(e.actor.refs[0].kind, PrincipalKind::SourceIp);
+    }
+
+    #[test]
+    fn connect_tunnel_with_authenticated_user() {
+        let e = event_for("CONNECT api.openai.com:443");
+        assert_eq!(e.time.timestamp_millis(), 1_772_442_930_123);
+        assert_eq!(e.activity, "CONNECT");
+        assert_eq!(e.dst_host.as_deref(), Some("api.openai.com"));
+        assert_eq!(e.dst_port, Some(443));
+        assert_eq!(e.resource, None);
+        assert_eq!(e.status_code.as_deref(), Some("200"));
+        assert_eq!(e.outcome, Outcome::Success);
+        assert_eq!(e.bytes_out, Some(5_120));
+        assert_eq!(e.actor.raw, "alice");
+        assert_eq!(e.actor.refs[0].kind, PrincipalKind::GatewayConsumer);
+        assert_eq!(e.actor.refs[1].kind, PrincipalKind::SourceIp);
+        assert_eq!(e.actor.refs[1].value, "10.1.2.3");
+    }
+
+    #[test]
+    fn denied_requests_are_failures() {
+        let e = event_for("CONNECT pastebin.com:443");
+        assert_eq!(e.status_code.as_deref(), Some("403"));
+        assert_eq!(e.outcome, Outcome::Failure);
+        assert_eq!(e.dst_host.as_deref(), Some("pastebin.com"));
+
+        let auth = event_for("TCP_DENIED/407");
+        assert_eq!(auth.status_code.as_deref(), Some("407"));
+        assert_eq!(auth.outcome, Outcome::Failure);
+        assert_eq!(auth.actor.refs.len(), 1);
+    }
+
+    #[test]
+    fn bumped_https_request_with_user_and_query() {
+        let e = event_for("POST https://api.github.com");
+        assert_eq!(e.activity, "POST");
+        assert_eq!(e.dst_host.as_deref(), Some("api.github.com"));
+        assert_eq!(e.dst_port, Some(443));
+        assert_eq!(e.resource.as_deref(), Some("/repos/acme/app/issues"));
+        assert_eq!(e.status_code.as_deref(), Some("201"));
+        assert_eq!(e.actor.raw, "svc-ci");
+    }
+
+    #[test]
+    fn ipv6_client() {
+        let e = event_for("2001:db8:10::25");
+        assert_eq!(e.src_ip.as_deref(), Some("2001:db8:10::25"));
+        assert_eq!(e.actor.raw, "2001:db8:10::25");
+        assert_eq!(e.dst_host.as_deref(), Some("objects.example.net"));
+        assert_eq!(e.dst_port, Some(443));
+    }
+
+    #[test]
+    fn tabs_and_runs_of_spaces() {
+        let e = event_for("\t");
+        assert_eq!(e.activity, "GET");
+        assert_eq!(e.dst_host.as_deref(), Some("deb.debian.org"));
+        assert_eq!(e.status_code.as_deref(), Some("304"));
+        assert_eq!(e.outcome, Outcome::Success);
+        assert_eq!(e.time.timestamp_millis(), 1_772_443_001_007);
+    }
+
+    #[test]
+    fn error_urls_still_decode_without_destination() {
+        let none = event_for("error:invalid-request");
+        assert_eq!(none.activity, "NONE");
+        assert_eq!(none.http_method, None);
+        assert_eq!(none.dst_host, None);
+        assert_eq!(none.resource, None);
+        assert_eq!(none.status_code.as_deref(), Some("400"));
+        assert_eq!(none.outcome, Outcome::Failure);
+
+        let dash = event_for("error:transaction-end-before-headers");
+        assert_eq!(dash.activity, "-");
+        assert_eq!(dash.http_method, None);
+        assert_eq!(dash.dst_host, None);
+        assert_eq!(dash.status_code.as_deref(), Some("0"));
+        assert_eq!(dash.outcome, Outcome::Failure);
+    }
+
+    #[test]
+    fn upstream_failure() {
+        let e = event_for("TCP_MISS/503");
+        assert_eq!(e.outcome, Outcome::Failure);
+        assert_eq!(e.dst_host.as_deref(), Some("files.vendor.example"));
+        assert_eq!(e.dst_port, Some(8080));
+    }
+
+    #[test]
+    fn seven_fields_are_enough() {
+        let mut out = Vec::new();
+        decode(
+            b"1700000000.5 12 10.0.0.1 TCP_MISS/200 99 GET http://a.example/x",
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out[0].time.timestamp_millis(), 1_700_000_000_500);
+        assert!(
+            out[0]
+                .actor
+                .refs
+                .iter()
+                .all(|r| r.kind == PrincipalKind::SourceIp)
+        );
+        assert_eq!(out[0].resource.as_deref(), Some("/x"));
+    }
+
+    #[test]
+    fn malformed_lines_say_why() {
+        assert_eq!(
+            reason(b"1700000000.123 30 10.1.2.3 TCP_MISS/200 5120 GET"),
+            "wrong_shape"
+        );
+        assert_eq!(
+            reason(b"abc 30 10.1.2.3 TCP_MISS/200 5120 GET http://a/ - HIER_NONE/- -"),
+            "bad_time"
+        );
+        assert_eq!(
+            reason(b"17e8 30 10.1.2.3 TCP_MISS/200 5120 GET http://a/ - HIER_NONE/- -"),
+            "bad_time"
+        );
+        assert_eq!(
+            reason(b"1.2.3 30 10.1.2.3 TCP_MISS/200 5120 GET http://a/ - HIER_NONE/- -"),
+            "bad_time"
+        );
+        assert_eq!(
+            reason(b"170000000000000 30 10.1.2.3 TCP_MISS/200 5120 GET http://a/ - HIER_NONE/- -"),
+            "bad_time"
+        );
+        assert_eq!(
+            reason(b"1700000000.1 30 10.1.2.3 \xff\xfe/200 5 GET http://a/ - - -"),
+            "not_utf8"
+        );
+        // A status that is not a number, or no status at all, is not a native-format line.
+        assert_eq!(
+            reason(b"1700000000.1 30 10.1.2.3 TCP_MISS/abc 5 GET http://a/ - - -"),
+            "wrong_shape"
+        );
+        assert_eq!(
+            reason(b"1700000000.1 30 10.1.2.3 TCP_MISS 5 GET http://a/ - - -"),
+            "wrong_shape"
+        );
+        assert_eq!(reason(b" \n\t\n"), "empty");
+        // One bad line fails the payload and leaves nothing behind.
+        assert_eq!(
+            reason(b"1700000000.1 30 10.1.2.3 TCP_MISS/200 5 GET http://a/ - - -\nbogus line\n"),
+            "wrong_shape"
+        );
+    }
+
+    #[test]
+    fn huge_url_does_not_panic() {
+        let mut line =
+            b"1700000000.123 5 10.1.2.3 TCP_MISS/200 10 GET http://big.example/".to_vec();
+        line.extend(std::iter::repeat_n(b'a', 100 * 1024));
+        line.extend_from_slice("é?q=1 - HIER_DIRECT/1.2.3.4 text/html".as_bytes());
+        let mut out = Vec::new();
+        decode(&line, &mut out).unwrap();
+        assert_eq!(out[0].dst_host.as_deref(), Some("big.example"));
+        assert_eq!(
+            out[0].resource.as_ref().map(String::len),
+            Some(1 + 100 * 1024 + 2)
+        );
+
+        let mut connect = b"1700000000.123 5 10.1.2.3 TCP_TUNNEL/200 10 CONNECT ".to_vec();
+        connect.extend(std::iter::repeat_n(b'h', 100 * 1024));
+        connect.extend_from_slice(b":99999 - HIER_DIRECT/1.2.3.4 -");
+        decode(&connect, &mut out).unwrap();
+        assert_eq!(out[1].dst_port, None);
+    }
+}

@@ -1,0 +1,355 @@
+//! `appwarden demo`: the whole daemon on librdkafka's in-process mock cluster,
+//! fed by the traffic generator, with a live summary and a final report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::{Daemon, DaemonError};
+use crate::event::{IdentityStatus, NormalizedEvent};
+use crate::generator::{Family, GeneratedRecord, World, WorldConfig};
+use crate::settings::{Settings, SettingsError};
+use crate::telemetry::Stats;
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub duration_secs: u64,
+    pub hours: u32,
+    pub apps: usize,
+    pub seed: u64,
+    pub out: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo output folder {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("embedded Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error("demo options: {0}")]
+    Options(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
+    move |source| DemoError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub fn topic_of(family: Family) -> &'static str {
+    match family {
+        Family::Sso => "appwarden.sso",
+        Family::Gateway => "appwarden.gateway",
+        Family::Secrets => "appwarden.secrets",
+    }
+}
+
+/// Produces the generated records in event-time order, paced over `span`.
+async fn produce(
+    producer: FutureProducer,
+    records: Vec<GeneratedRecord>,
+    span: Duration,
+    produced: Arc<AtomicU64>,
+    stop: CancellationToken,
+) -> Result<(), KafkaError> {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Ok(());
+    };
+    let (t0, t1) = (first.time, last.time);
+    let sim_ms = (t1 - t0).num_milliseconds().max(1) as f64;
+    let started = Instant::now();
+    let mut pending: Vec<DeliveryFuture> = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        if i % 64 == 0 {
+            if stop.is_cancelled() {
+                break;
+            }
+            let due = span.mul_f64((record.time - t0).num_milliseconds() as f64 / sim_ms);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        loop {
+            let r = FutureRecord::to(topic_of(record.family))
+                .key(&record.key)
+                .payload(&record.payload)
+                .timestamp(record.time.timestamp_millis());
+            match producer.send_result(r) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+        if pending.len() >= 1000 {
+            for delivery in pending.drain(..) {
+                if let Ok(Err((error, _))) = delivery.await {
+                    return Err(error);
+                }
+                produced.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    for delivery in pending {
+        if let Ok(Err((error, _))) = delivery.await {
+            return Err(error);
+        }
+        produced.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn live_line(elapsed: Duration, produced: u64, stats: &Stats) -> String {
+    let s = stats.snapshot();
+    let families: Vec<String> = s
+        .events_by_source
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    let resolved = if s.events > 0 {
+        100.0 * s.registered as f64 / s.events as f64
+    } else {
+        0.0
+    };
+    format!(
+        "[{:>3}s] produced {produced:>6} | processed {:>6} | events: {} | resolved to apps {resolved:.1}% | unregistered {} | dead letters {}",
+        elapsed.as_secs(),
+        s.records,
+        families.join(", "),
+        s.unregistered,
+        s.dead_letters
+    )
+}
+
+pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
+    if options.duration_secs == 0 || options.hours == 0 || options.apps < 12 {
+        return Err(DemoError::Options(
+            "duration and hours must be positive and apps at least 12".into(),
+        ));
+    }
+    let out = &options.out;
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let registry_path = out.join("registry.yaml");
+    let events_path = out.join("events.ndjson");
+    let dead_path = out.join("deadletter.ndjson");
+    let incidents_path = out.join("incidents.json");
+    for stale in [&events_path, &dead_path] {
+        if stale.exists() {
+            std::fs::remove_file(stale).map_err(io_err(stale))?;
+        }
+    }
+
+    let world = World::new(WorldConfig {
+        seed: options.seed,
+        apps: options.apps,
+        hours: options.hours,
+        ..WorldConfig::default()
+    });
+    std::fs::write(&registry_path, world.registry_yaml()).map_err(io_err(&registry_path))?;
+    let incidents = serde_json::to_string_pretty(&world.incidents).unwrap_or_default();
+    std::fs::write(&incidents_path, incidents).map_err(io_err(&incidents_path))?;
+    let records = world.records();
+    let total = records.len() as u64;
+    let malformed = records.iter().filter(|r| r.malformed).count();
+
+    let cluster = MockCluster::new(3)?;
+    let brokers = cluster.bootstrap_servers();
+    for family in Family::ALL {
+        cluster.create_topic(topic_of(family), 3, 1)?;
+    }
+    cluster.create_topic("appwarden.events", 3, 1)?;
+    cluster.create_topic("appwarden.deadletter", 1, 1)?;
+
+    let (mut settings, _) = Settings::load_with_env(None, Vec::new())?;
+    settings.kafka.brokers = brokers.clone();
+    settings.kafka.group_id = "appwarden-demo".into();
+    settings.registry.path = registry_path.clone();
+    settings.registry.reload_interval_secs = 2;
+    settings.output.events_file = events_path.display().to_string();
+    settings.dead_letter.file = dead_path.display().to_string();
+    settings
+        .validate()
+        .map_err(|(key, message)| DemoError::Options(format!("{key}: {message}")))?;
+
+    println!(
+        "AppWarden demo: {} apps, {} simulated hours from {}, {total} vendor records ({malformed} deliberately malformed)",
+        world.apps.len(),
+        options.hours,
+        world.config.start.format("%Y-%m-%d %H:%M UTC"),
+    );
+    println!(
+        "embedded Kafka (librdkafka mock cluster) at {brokers}; topics appwarden.sso, appwarden.gateway, appwarden.secrets"
+    );
+
+    let stats = Arc::new(Stats::default());
+    let daemon = Daemon::build(&settings, stats.clone())?;
+    let shutdown = CancellationToken::new();
+    let daemon_task = tokio::spawn(daemon.run(shutdown.clone()));
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "200000")
+        .create()?;
+    let produced = Arc::new(AtomicU64::new(0));
+    let duration = Duration::from_secs(options.duration_secs);
+    let produce_span = duration.mul_f64(0.8);
+    let producer_task = tokio::spawn(produce(
+        producer,
+        records,
+        produce_span,
+        produced.clone(),
+        shutdown.child_token(),
+    ));
+
+    let started = Instant::now();
+    let deadline = duration + Duration::from_secs(15);
+    let mut ticker = tokio::time::interval(Duration::from_secs(2));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let done_producing = producer_task.is_finished();
+        let processed = stats.snapshot().records;
+        println!(
+            "{}",
+            live_line(started.elapsed(), produced.load(Ordering::Relaxed), &stats)
+        );
+        if done_producing && processed >= produced.load(Ordering::Relaxed) {
+            break;
+        }
+        if started.elapsed() >= deadline {
+            println!("time is up before every record was processed; stopping");
+            break;
+        }
+        if daemon_task.is_finished() {
+            break;
+        }
+    }
+    shutdown.cancel();
+    match producer_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "demo producer failed"),
+        Err(error) => tracing::warn!(%error, "demo producer task failed"),
+    }
+    match daemon_task.await {
+        Ok(result) => result?,
+        Err(error) => tracing::warn!(%error, "daemon task failed"),
+    }
+    drop(cluster);
+
+    print_report(&world, &stats, &events_path)?;
+    println!("\noutputs in {}:", out.display());
+    for (path, what) in [
+        (&registry_path, "the generated micro-app registry"),
+        (
+            &events_path,
+            "normalized, identity-resolved events (NDJSON)",
+        ),
+        (&dead_path, "dead-lettered records with their reasons"),
+        (&incidents_path, "the incidents injected, with their times"),
+    ] {
+        println!("  {:<45} {what}", path.display());
+    }
+    Ok(())
+}
+
+fn print_report(world: &World, stats: &Stats, events_path: &Path) -> Result<(), DemoError> {
+    let s = stats.snapshot();
+    println!(
+        "\nprocessed {} records -> {} events, {} dead-lettered",
+        s.records, s.events, s.dead_letters
+    );
+
+    // Per family and product: how many events were tied to a registered app.
+    let mut by_product: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let mut per_app: HashMap<String, u64> = HashMap::new();
+    let mut unregistered: BTreeMap<String, u64> = BTreeMap::new();
+    if let Ok(file) = std::fs::File::open(events_path) {
+        for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+            let Ok(event) = serde_json::from_str::<NormalizedEvent>(&line) else {
+                continue;
+            };
+            let family = format!("{:?}", event.source_kind).to_lowercase();
+            let entry = by_product
+                .entry((family, event.product.as_str().to_string()))
+                .or_default();
+            entry.0 += 1;
+            if let Some(identity) = &event.identity {
+                match identity.status {
+                    IdentityStatus::Registered => {
+                        entry.1 += 1;
+                        *per_app.entry(identity.key.clone()).or_default() += 1;
+                    }
+                    IdentityStatus::Unregistered | IdentityStatus::Anonymous => {
+                        *unregistered.entry(identity.key.clone()).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "\n{:<8} {:<11} {:>8} {:>16}",
+        "family", "format", "events", "resolved to app"
+    );
+    for ((family, product), (events, resolved)) in &by_product {
+        println!(
+            "{family:<8} {product:<11} {events:>8} {:>15.1}%",
+            100.0 * *resolved as f64 / (*events).max(1) as f64
+        );
+    }
+    let mut top: Vec<_> = per_app.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    println!(
+        "\nbusiest apps: {}",
+        top.iter()
+            .take(5)
+            .map(|(k, n)| format!("{k} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("unregistered identities seen ({}):", unregistered.len());
+    for (key, n) in &unregistered {
+        println!("  {key:<60} {n} events");
+    }
+    let errors: Vec<String> = s
+        .decode_errors
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    if !errors.is_empty() {
+        println!("dead letters by reason: {}", errors.join(", "));
+    }
+    println!("\nincidents injected (detectors arrive with issue #3; these are the ground truth):");
+    for incident in &world.incidents {
+        println!(
+            "  {:<22} {:<40} {}  {}",
+            incident.kind.as_str(),
+            incident.identity,
+            incident.start.format("%H:%M"),
+            incident.description
+        );
+    }
+    Ok(())
+}

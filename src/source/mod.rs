@@ -1,0 +1,4 @@
+//! Sources: where records come from — Kafka topics (`run`, `demo`) or files (`replay`).
+
+pub mod file;
+pub mod kafka;
