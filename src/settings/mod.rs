@@ -63,6 +63,10 @@ pub struct KafkaSettings {
     /// Secret values are refused here; put them in `secret_properties`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only (`auto.offset.reset`,
+    /// `session.timeout.ms`, `max.poll.interval.ms`, …), over `properties`.
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
     /// librdkafka properties whose values are secrets (`sasl.password`,
     /// `ssl.key.password`, …), each read from `{ env = "VAR" }` or `{ file = "PATH" }`.
     #[serde(default)]
@@ -311,10 +315,10 @@ impl Settings {
         if k.batch_linger_ms > 10_000 {
             return err("kafka.batch_linger_ms", "must be at most 10000".into());
         }
-        for key in k.properties.keys() {
+        for key in k.properties.keys().chain(k.consumer_properties.keys()) {
             if SECRET_PROPERTIES.contains(&key.as_str()) {
                 return err(
-                    &format!("kafka.properties.\"{key}\""),
+                    &format!("kafka.properties.\"{key}\" (or consumer_properties)"),
                     "holds a secret in clear; set it in kafka.secret_properties as { env = \"VAR\" } or { file = \"PATH\" }".into(),
                 );
             }
@@ -323,7 +327,7 @@ impl Settings {
                 "bootstrap.servers" | "group.id" | "enable.auto.offset.store"
             ) {
                 return err(
-                    &format!("kafka.properties.\"{key}\""),
+                    &format!("kafka.properties.\"{key}\" (or consumer_properties)"),
                     "is set by AppWarden itself (use kafka.brokers / kafka.group_id; offsets are stored only after processing)".into(),
                 );
             }

@@ -157,7 +157,12 @@ impl KafkaSource {
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // A new group must see the records already waiting, not only new ones.
+            .set("auto.offset.reset", "earliest");
+        for (key, value) in &settings.consumer_properties {
+            config.set(key, value);
+        }
         let progress = Arc::new(SourceProgress::default());
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(GroupContext {
             progress: progress.clone(),

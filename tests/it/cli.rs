@@ -1,0 +1,137 @@
+//! The `appwarden` binary as a user runs it: replay and check-config.
+
+use std::process::Command;
+
+use crate::support::fixture;
+
+fn appwarden() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_appwarden"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.env("APPWARDEN__LOG__FORMAT", "json");
+    cmd
+}
+
+#[test]
+fn replay_writes_events_and_dead_letters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("events.ndjson");
+    let dead = dir.path().join("dead.ndjson");
+    let bad = dir.path().join("bad.ndjson");
+    std::fs::write(&bad, "{\"eventVersion\": \"1.08\", \"eventTime\": 5, \"eventSource\": \"sts.amazonaws.com\"}\nnot json at all\n")
+        .expect("write");
+    let output = appwarden()
+        .arg("replay")
+        .arg("--out")
+        .arg(&out)
+        .arg("--dead-letter-out")
+        .arg(&dead)
+        .arg(fixture("squid/documented.log"))
+        .arg(fixture("kong/documented.ndjson"))
+        .arg(&bad)
+        .output()
+        .expect("appwarden runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let events = std::fs::read_to_string(&out).expect("events written");
+    let squid_lines = std::fs::read_to_string(fixture("squid/documented.log"))
+        .expect("fixture")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert_eq!(
+        events.lines().count(),
+        squid_lines + 10,
+        "one event per squid line and kong record"
+    );
+    let letters: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .expect("dead letters written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0]["origin"]["line"], 1);
+    assert_eq!(letters[1]["origin"]["line"], 2);
+    assert!(stderr.contains("2 dead-lettered"), "{stderr}");
+}
+
+#[test]
+fn replay_reads_a_cloudtrail_envelope_from_stdin() {
+    use std::io::Write;
+    let envelope = br#"{"Records": [
+      {"eventVersion": "1.08", "eventTime": "2026-11-23T10:00:00Z", "eventSource": "secretsmanager.amazonaws.com",
+       "eventName": "ListSecrets", "awsRegion": "eu-west-1", "sourceIPAddress": "10.0.0.1",
+       "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::123456789012:user/ci", "accessKeyId": "AKIAEXAMPLE"}},
+      {"eventVersion": "1.08", "eventTime": "2026-11-23T10:00:01Z", "eventSource": "secretsmanager.amazonaws.com",
+       "eventName": "GetSecretValue", "awsRegion": "eu-west-1", "sourceIPAddress": "10.0.0.1",
+       "requestParameters": {"secretId": "prod/db"},
+       "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::123456789012:user/ci", "accessKeyId": "AKIAEXAMPLE"}}
+    ]}"#;
+    let mut child = appwarden()
+        .args(["replay", "--format", "cloudtrail", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(envelope)
+        .expect("write");
+    let output = child.wait_with_output().expect("wait");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let categories: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["category"].as_str())
+        .collect();
+    assert_eq!(categories, ["secret_list", "secret_read"]);
+    assert_eq!(events[1]["identity"]["status"], "unregistered");
+}
+
+#[test]
+fn check_config_prints_settings_or_names_the_bad_key() {
+    let output = appwarden().arg("check-config").output().expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("[kafka]") && stdout.contains("# registry"),
+        "{stdout}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[input]\nmax_record_bytes = 1\n").expect("write");
+    let output = appwarden()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("input.max_record_bytes"), "{stderr}");
+
+    let output = appwarden()
+        .arg("check-config")
+        .env("APPWARDEN__KAFKA__BROKERZ", "x:9092")
+        .output()
+        .expect("runs");
+    assert!(
+        !output.status.success(),
+        "an unknown env key must be refused"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("brokerz"));
+}

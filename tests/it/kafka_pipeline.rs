@@ -1,0 +1,446 @@
+//! The daemon against librdkafka's mock cluster: real vendor records of every
+//! format in, identity-resolved events and dead letters out, offsets committed.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use appwarden::daemon::Daemon;
+use appwarden::decode::{FieldMapping, Format};
+use appwarden::event::{Category, IdentityStatus, NormalizedEvent, Origin, PrincipalKind, Product};
+use appwarden::settings::{Settings, TopicSettings};
+use appwarden::telemetry::Stats;
+
+use crate::support::{raw_sample, unique, wait_until, wrapped_sample};
+
+const REGISTRY: &str = r#"
+apps:
+  - id: reports-bot
+    name: Reports bot
+    owner: reports-owner@example.com
+    escalation: soc@example.com
+    team: finance
+    risk_tier: restricted
+    risk: { data_class: 3, permission_breadth: 2, external_connectivity: 1, known_vulnerabilities: 0 }
+    identities:
+      oauth_client_ids: ["c7e2a4f1-5d3b-48e9-9f06-1a2b3c4d5e6f", "0oa-generic-exporter"]
+      users: ["casey.hill@hey.com"]
+      role_arns: ["arn:aws:iam::123123123123:role/AWSReservedSSO_DevAdmin_635426549a280cc6"]
+      vault_display_names: ["root"]
+      gateway_consumers: ["reports-bot", "spiffe://cluster.local/ns/reports/sa/report-builder", "alice"]
+    egress_allowlist: [api.openai.com]
+    allowed_regions: [us-west-2]
+    registered_on: 2026-09-01
+"#;
+
+/// One record to produce: topic suffix, payload, and the product it must decode as
+/// (`None` for a record that must be dead-lettered).
+struct Input {
+    topic: &'static str,
+    payload: Vec<u8>,
+    expect: Option<Product>,
+}
+
+fn inputs() -> Vec<Input> {
+    let okta = wrapped_sample("okta_systemlog/panther_rule_tests.ndjson", |l| {
+        l["eventType"] == "user.session.start" && l["actor"]["alternateId"] == "casey.hill@hey.com"
+    });
+    let entra = wrapped_sample("azure_signin/documented_service_principal.ndjson", |_| true);
+    let cloudtrail = wrapped_sample("aws_cloudtrail/panther_rule_tests.ndjson", |l| {
+        l["eventName"] == "GetSecretValue" && l["userIdentity"]["type"] == "AssumedRole"
+    });
+    let vault = raw_sample(
+        "vault_audit/hashicorp-education_learn-vault-monitoring_vault-audit.ndjson",
+        |l| l.contains("\"type\":\"response\""),
+    );
+    let kong = raw_sample("kong/documented.ndjson", |l| {
+        l.contains("\"username\":\"reports-bot\"")
+    });
+    let envoy = raw_sample("envoy/documented.ndjson", |l| l.contains("report-builder"));
+    let squid = raw_sample("squid/documented.log", |l| l.contains(" alice "));
+    let generic =
+        br#"{"ts":1763816400123,"who":{"client":"0oa-generic-exporter"},"op":"export"}"#.to_vec();
+    let input = |topic, payload: Vec<u8>, expect| Input {
+        topic,
+        payload,
+        expect,
+    };
+    vec![
+        input("sso", okta, Some(Product::Okta)),
+        input("sso", b"{\"published\": \"2026-11-2".to_vec(), None),
+        input("sso", entra, Some(Product::Entra)),
+        input("secrets", cloudtrail, Some(Product::Cloudtrail)),
+        input("secrets", vault, Some(Product::Vault)),
+        input("secrets", vec![0xff, 0x00, 0x13], None),
+        input("gateway", kong, Some(Product::Kong)),
+        input("gateway", envoy, Some(Product::Envoy)),
+        input("squid", squid, Some(Product::Squid)),
+        input("squid", b"this is not a squid line".to_vec(), None),
+        input("generic", generic, Some(Product::Generic)),
+    ]
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    settings: Settings,
+    events_path: std::path::PathBuf,
+    dead_path: std::path::PathBuf,
+    topic_names: HashMap<&'static str, String>,
+}
+
+fn harness(
+    brokers: &str,
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("registry.yaml");
+    std::fs::write(&registry, REGISTRY).expect("registry written");
+    let base = unique("it");
+    let topic_names: HashMap<&'static str, String> = [
+        "sso", "secrets", "gateway", "squid", "generic", "events", "dead",
+    ]
+    .into_iter()
+    .map(|s| (s, format!("{base}.{s}")))
+    .collect();
+    for (suffix, name) in &topic_names {
+        let partitions = if *suffix == "dead" { 1 } else { 2 };
+        cluster
+            .create_topic(name, partitions, 1)
+            .expect("topic created");
+    }
+    let (mut settings, _) = Settings::load_with_env(None, Vec::new()).expect("defaults load");
+    settings.kafka.brokers = brokers.to_string();
+    settings.kafka.group_id = unique("it-group");
+    settings.kafka.batch_linger_ms = 5;
+    // The mock cluster lets a departed member's session expire before the next join completes.
+    settings
+        .kafka
+        .consumer_properties
+        .insert("session.timeout.ms".into(), "6000".into());
+    settings
+        .kafka
+        .consumer_properties
+        .insert("heartbeat.interval.ms".into(), "500".into());
+    let topic = |suffix: &str, format| TopicSettings {
+        name: topic_names[suffix].clone(),
+        format,
+        mapping: None,
+    };
+    let mut generic = topic("generic", Format::Generic);
+    generic.mapping = Some(FieldMapping {
+        time: Some("/ts".into()),
+        principal: Some("/who/client".into()),
+        activity: Some("/op".into()),
+        category_value: Some(Category::ApiCall),
+        principal_kind_value: Some(PrincipalKind::OauthClient),
+        ..FieldMapping::default()
+    });
+    settings.kafka.topics = vec![
+        topic("sso", Format::Auto),
+        topic("secrets", Format::Auto),
+        topic("gateway", Format::Auto),
+        topic("squid", Format::Squid),
+        generic,
+    ];
+    let events_path = dir.path().join("out/events.ndjson");
+    let dead_path = dir.path().join("out/dead.ndjson");
+    settings.registry.path = registry;
+    settings.output.events_topic = topic_names["events"].clone();
+    settings.output.events_file = events_path.display().to_string();
+    settings.dead_letter.topic = topic_names["dead"].clone();
+    settings.dead_letter.file = dead_path.display().to_string();
+    settings.validate().expect("test settings valid");
+    Harness {
+        _dir: dir,
+        settings,
+        events_path,
+        dead_path,
+        topic_names,
+    }
+}
+
+/// Produces records; returns (topic, partition, offset) of each, in order.
+async fn produce(brokers: &str, records: &[(String, Vec<u8>)]) -> Vec<(String, i32, i64)> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    let mut coordinates = Vec::new();
+    for (i, (topic, payload)) in records.iter().enumerate() {
+        let key = format!("k{}", i % 3);
+        let delivery = producer
+            .send(
+                FutureRecord::to(topic).key(&key).payload(payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("produced");
+        coordinates.push((topic.clone(), delivery.partition, delivery.offset));
+    }
+    coordinates
+}
+
+fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("output line is JSON"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Runs the daemon until it has processed `expected` records in total, then stops it.
+async fn run_daemon_until(settings: &Settings, expected: u64) -> Arc<Stats> {
+    let stats = Arc::new(Stats::default());
+    let daemon = Daemon::build(settings, stats.clone()).expect("daemon builds");
+    let progress = daemon.progress();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(daemon.run(shutdown.clone()));
+    let done = wait_until(Duration::from_secs(30), || {
+        stats.snapshot().records >= expected
+            && progress
+                .ever_assigned
+                .load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    assert!(
+        done,
+        "daemon processed {} of {expected} records",
+        stats.snapshot().records
+    );
+    shutdown.cancel();
+    task.await
+        .expect("daemon task")
+        .expect("daemon ran cleanly");
+    stats
+}
+
+fn committed(settings: &Settings, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", &settings.kafka.group_id)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let offsets = consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(
+            |p| match offsets.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            },
+        )
+        .collect()
+}
+
+fn high_watermarks(settings: &Settings, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .create()
+        .expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+/// Reads every record of an output topic: (key, value).
+fn read_topic(
+    settings: &Settings,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Vec<(String, NormalizedEvent)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while out.len() < expected && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+            let event =
+                serde_json::from_slice(message.payload().unwrap_or_default()).expect("event JSON");
+            out.push((key, event));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_format_is_decoded_resolved_and_committed() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let h = harness(&brokers, &cluster);
+    let inputs = inputs();
+    let records: Vec<(String, Vec<u8>)> = inputs
+        .iter()
+        .map(|i| (h.topic_names[i.topic].clone(), i.payload.clone()))
+        .collect();
+    let coordinates = produce(&brokers, &records).await;
+
+    let stats = run_daemon_until(&h.settings, inputs.len() as u64).await;
+    let snapshot = stats.snapshot();
+    assert_eq!(snapshot.records, inputs.len() as u64);
+    assert_eq!(snapshot.dead_letters, 3);
+
+    // Every good record became an event of its product, resolved to the registered app.
+    let events: Vec<NormalizedEvent> = read_lines(&h.events_path);
+    for (input, (topic, partition, offset)) in inputs.iter().zip(&coordinates) {
+        let Some(product) = input.expect else {
+            continue;
+        };
+        let origin = Origin::Kafka {
+            topic: topic.clone(),
+            partition: *partition,
+            offset: *offset,
+        };
+        let event = events
+            .iter()
+            .find(|e| e.origin.as_ref() == Some(&origin))
+            .unwrap_or_else(|| panic!("no event for the {product:?} record at {origin:?}"));
+        assert_eq!(event.product, product);
+        let identity = event.identity.as_ref().expect("identity resolved");
+        assert_eq!(
+            (identity.status, identity.app_id.as_deref()),
+            (IdentityStatus::Registered, Some("reports-bot")),
+            "{product:?} actor {:?}",
+            event.actor
+        );
+    }
+    assert_eq!(events.len(), 8, "one event per good record");
+
+    // Bad records are dead-lettered with their reason and coordinates; neighbours were processed.
+    let dead: Vec<serde_json::Value> = read_lines(&h.dead_path);
+    assert_eq!(dead.len(), 3);
+    let bad: Vec<_> = inputs
+        .iter()
+        .zip(&coordinates)
+        .filter(|(i, _)| i.expect.is_none())
+        .collect();
+    for (input, (topic, partition, offset)) in &bad {
+        let letter = dead
+            .iter()
+            .find(|d| {
+                d["origin"]["topic"] == topic.as_str()
+                    && d["origin"]["partition"] == *partition
+                    && d["origin"]["offset"] == *offset
+            })
+            .unwrap_or_else(|| panic!("no dead letter for {topic}/{partition}/{offset}"));
+        assert!(!letter["error"].as_str().unwrap_or_default().is_empty());
+        assert_eq!(letter["payload_bytes"], input.payload.len());
+        let expected_reason = match input.topic {
+            "sso" => "bad_json",
+            "secrets" => "unknown_format",
+            _ => "wrong_shape",
+        };
+        assert_eq!(letter["reason"], expected_reason, "{letter}");
+    }
+
+    // The events topic carries the same events, keyed by identity.
+    let published = read_topic(&h.settings, &h.topic_names["events"], 2, events.len());
+    assert_eq!(published.len(), events.len());
+    assert!(published.iter().all(|(key, e)| key == "app:reports-bot"
+        && e.identity.as_ref().map(|i| i.key.as_str()) == Some("app:reports-bot")));
+
+    // Input offsets are committed up to the end of every partition.
+    for suffix in ["sso", "secrets", "gateway", "squid", "generic"] {
+        let topic = &h.topic_names[suffix];
+        assert_eq!(
+            committed(&h.settings, topic, 2),
+            high_watermarks(&h.settings, topic, 2),
+            "committed offsets of {topic}"
+        );
+    }
+
+    // A restart of the same group resumes after the committed offsets: only the new record is processed.
+    let extra = raw_sample("kong/documented.ndjson", |l| {
+        l.contains("\"username\":\"reports-bot\"")
+    });
+    produce(&brokers, &[(h.topic_names["gateway"].clone(), extra)]).await;
+    let again = run_daemon_until(&h.settings, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        again.snapshot().records,
+        1,
+        "restart re-read committed records"
+    );
+    let events_after: Vec<NormalizedEvent> = read_lines(&h.events_path);
+    assert_eq!(events_after.len(), 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_traffic_resolves_to_registered_apps() {
+    use appwarden::generator::{World, WorldConfig};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let mut h = harness(&brokers, &cluster);
+    let world = World::new(WorldConfig {
+        apps: 12,
+        hours: 2,
+        malformed_ratio: 0.0,
+        incidents: false,
+        start: chrono::DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z")
+            .expect("time")
+            .to_utc(),
+        ..WorldConfig::default()
+    });
+    std::fs::write(&h.settings.registry.path, world.registry_yaml()).expect("registry");
+    h.settings.output.events_topic = String::new();
+    let records: Vec<(String, Vec<u8>)> = world
+        .records()
+        .into_iter()
+        .map(|r| (h.topic_names[r.family.as_str()].clone(), r.payload))
+        .collect();
+    assert!(records.len() > 500, "a realistic amount of traffic");
+    produce(&brokers, &records).await;
+    let stats = run_daemon_until(&h.settings, records.len() as u64).await;
+    let s = stats.snapshot();
+    assert_eq!(s.dead_letters, 0);
+    assert_eq!(
+        s.unregistered + s.anonymous,
+        0,
+        "every generated app is registered"
+    );
+    assert_eq!(s.registered, s.events);
+    for product in [
+        "okta",
+        "entra",
+        "cloudtrail",
+        "vault",
+        "kong",
+        "envoy",
+        "squid",
+    ] {
+        assert!(
+            appwarden::telemetry::StatsSnapshot::get(&s.events_by_product, product) > 0,
+            "no {product} events"
+        );
+    }
+}

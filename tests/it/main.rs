@@ -1,0 +1,5 @@
+//! Integration tests: one test crate (every test binary links everything), one module per area.
+
+mod cli;
+mod kafka_pipeline;
+mod support;
