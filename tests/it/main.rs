@@ -1,5 +1,6 @@
 //! Integration tests: one test crate (every test binary links everything), one module per area.
 
 mod cli;
+mod docs;
 mod kafka_pipeline;
 mod support;

@@ -1,0 +1,51 @@
+//! The README's examples are real: its vendor records decode as the formats they
+//! claim, and its registry example loads.
+
+use appwarden::decode::{self, DecodeOptions, Format};
+use appwarden::identity::Registry;
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README")
+}
+
+/// The lines of the first fenced block after `marker`.
+fn block_after(text: &str, marker: &str) -> Vec<String> {
+    let start = text.find(marker).unwrap_or_else(|| panic!("README lacks {marker:?}"));
+    text[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with("```"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn format_examples_decode_as_their_format() {
+    let lines = block_after(&readme(), "One example of each");
+    let mut products = Vec::new();
+    for line in &lines {
+        let mut out = Vec::new();
+        decode::decode(Format::Auto, line.as_bytes(), &DecodeOptions::default(), &mut out)
+            .unwrap_or_else(|e| panic!("README example does not decode: {e}\n{line}"));
+        assert_eq!(out.len(), 1);
+        products.push(out[0].product.as_str());
+    }
+    assert_eq!(
+        products,
+        ["okta", "entra", "cloudtrail", "vault", "kong", "envoy", "squid", "generic"]
+    );
+}
+
+#[test]
+fn registry_example_loads() {
+    let yaml = block_after(&readme(), "## The registry").join("\n");
+    let registry = Registry::parse(&yaml, "README").expect("README registry example is valid");
+    assert_eq!(registry.apps()[0].risk.score(), 6);
+    let shipped = Registry::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/registry.yaml"
+    )))
+    .expect("config/registry.yaml is valid");
+    assert!(shipped.app("invoice-bot").is_some());
+}
