@@ -10,7 +10,9 @@ fn readme() -> String {
 
 /// The lines of the first fenced block after `marker`.
 fn block_after(text: &str, marker: &str) -> Vec<String> {
-    let start = text.find(marker).unwrap_or_else(|| panic!("README lacks {marker:?}"));
+    let start = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("README lacks {marker:?}"));
     text[start..]
         .lines()
         .skip_while(|l| !l.starts_with("```"))
@@ -26,14 +28,28 @@ fn format_examples_decode_as_their_format() {
     let mut products = Vec::new();
     for line in &lines {
         let mut out = Vec::new();
-        decode::decode(Format::Auto, line.as_bytes(), &DecodeOptions::default(), &mut out)
-            .unwrap_or_else(|e| panic!("README example does not decode: {e}\n{line}"));
+        decode::decode(
+            Format::Auto,
+            line.as_bytes(),
+            &DecodeOptions::default(),
+            &mut out,
+        )
+        .unwrap_or_else(|e| panic!("README example does not decode: {e}\n{line}"));
         assert_eq!(out.len(), 1);
         products.push(out[0].product.as_str());
     }
     assert_eq!(
         products,
-        ["okta", "entra", "cloudtrail", "vault", "kong", "envoy", "squid", "generic"]
+        [
+            "okta",
+            "entra",
+            "cloudtrail",
+            "vault",
+            "kong",
+            "envoy",
+            "squid",
+            "generic"
+        ]
     );
 }
 
