@@ -102,7 +102,7 @@ async fn produce(
                 Err((error, _)) => return Err(error),
             }
         }
-        if pending.len() >= 1000 {
+        if pending.len() >= 256 {
             for delivery in pending.drain(..) {
                 if let Ok(Err((error, _))) = delivery.await {
                     return Err(error);
@@ -342,7 +342,9 @@ fn print_report(world: &World, stats: &Stats, events_path: &Path) -> Result<(), 
         println!("dead letters by reason: {}", errors.join(", "));
     }
     println!("\nincidents injected (detectors arrive with issue #3; these are the ground truth):");
-    for incident in &world.incidents {
+    let mut incidents: Vec<_> = world.incidents.iter().collect();
+    incidents.sort_by_key(|i| i.start);
+    for incident in incidents {
         println!(
             "  {:<22} {:<40} {}  {}",
             incident.kind.as_str(),

@@ -256,7 +256,8 @@ fn main() -> ExitCode {
                 seed,
                 out,
             } => {
-                init_logging(LogFormat::Pretty, "warn");
+                // Dead letters are expected in the demo (it injects bad records) and reported in its summary.
+                init_logging(LogFormat::Pretty, "warn,appwarden::pipeline=error");
                 demo::run(DemoOptions {
                     duration_secs: duration,
                     hours,

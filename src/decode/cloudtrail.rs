@@ -37,6 +37,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::fields::opt_str;
 use super::{DecodeError, Format, parse_time, truncate};
 use crate::event::{Category, NormalizedEvent, Outcome, PrincipalKind, Product};
 
@@ -47,26 +48,80 @@ const FORMAT: Format = Format::Cloudtrail;
 struct Record<'a> {
     #[serde(borrow, rename = "Records")]
     records: Option<Vec<&'a RawValue>>,
-    #[serde(borrow, rename = "eventTime", alias = "eventtime")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "eventTime",
+        alias = "eventtime"
+    )]
     event_time: Option<Cow<'a, str>>,
     /// The time a Logstash/Elastic shipper stored when it renamed `eventTime`.
-    #[serde(borrow, rename = "@timestamp")]
+    #[serde(borrow, default, deserialize_with = "opt_str", rename = "@timestamp")]
     shipper_time: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "eventName", alias = "eventname")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "eventName",
+        alias = "eventname"
+    )]
     event_name: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "eventSource", alias = "eventsource")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "eventSource",
+        alias = "eventsource"
+    )]
     event_source: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "eventID", alias = "eventid")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "eventID",
+        alias = "eventid"
+    )]
     event_id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "awsRegion", alias = "awsregion")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "awsRegion",
+        alias = "awsregion"
+    )]
     aws_region: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "recipientAccountId", alias = "recipientaccountid")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "recipientAccountId",
+        alias = "recipientaccountid"
+    )]
     recipient_account_id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "sourceIPAddress", alias = "sourceipaddress")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "sourceIPAddress",
+        alias = "sourceipaddress"
+    )]
     source_ip_address: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "errorCode", alias = "errorcode")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "errorCode",
+        alias = "errorcode"
+    )]
     error_code: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "errorMessage", alias = "errormessage")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "errorMessage",
+        alias = "errormessage"
+    )]
     error_message: Option<Cow<'a, str>>,
     #[serde(borrow, rename = "userIdentity", alias = "useridentity")]
     user_identity: Option<UserIdentity<'a>>,
@@ -78,19 +133,49 @@ struct Record<'a> {
 
 #[derive(Deserialize)]
 struct UserIdentity<'a> {
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, default, deserialize_with = "opt_str", rename = "type")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     arn: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "accountId", alias = "accountid")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "accountId",
+        alias = "accountid"
+    )]
     account_id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "accessKeyId", alias = "accesskeyid")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "accessKeyId",
+        alias = "accesskeyid"
+    )]
     access_key_id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "principalId", alias = "principalid")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "principalId",
+        alias = "principalid"
+    )]
     principal_id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "userName", alias = "username")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "userName",
+        alias = "username"
+    )]
     user_name: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "invokedBy", alias = "invokedby")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "invokedBy",
+        alias = "invokedby"
+    )]
     invoked_by: Option<Cow<'a, str>>,
     #[serde(borrow, rename = "sessionContext", alias = "sessioncontext")]
     session_context: Option<SessionContext<'a>>,
@@ -104,14 +189,20 @@ struct SessionContext<'a> {
 
 #[derive(Deserialize)]
 struct SessionIssuer<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     arn: Option<Cow<'a, str>>,
 }
 
 /// `requestParameters` of Secrets Manager calls.
 #[derive(Deserialize)]
 struct SecretParams<'a> {
-    #[serde(borrow, rename = "secretId", alias = "secretid")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "secretId",
+        alias = "secretid"
+    )]
     secret_id: Option<Cow<'a, str>>,
     #[serde(borrow, rename = "secretIdList", alias = "secretidlist")]
     secret_id_list: Option<Vec<Cow<'a, str>>>,
@@ -121,7 +212,7 @@ struct SecretParams<'a> {
 
 #[derive(Deserialize)]
 struct SecretFilter<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     key: Option<Cow<'a, str>>,
     #[serde(borrow)]
     values: Option<Vec<Cow<'a, str>>>,
@@ -130,7 +221,13 @@ struct SecretFilter<'a> {
 /// `requestParameters.roleArn` of STS calls.
 #[derive(Deserialize)]
 struct RoleParams<'a> {
-    #[serde(borrow, rename = "roleArn", alias = "rolearn")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "roleArn",
+        alias = "rolearn"
+    )]
     role_arn: Option<Cow<'a, str>>,
 }
 
@@ -145,22 +242,52 @@ struct IssuedKey<'a> {
 
 #[derive(Deserialize)]
 struct KeyId<'a> {
-    #[serde(borrow, rename = "accessKeyId", alias = "accesskeyid")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "accessKeyId",
+        alias = "accesskeyid"
+    )]
     access_key_id: Option<Cow<'a, str>>,
 }
 
 /// The names an identity-admin call can give its target, most specific first.
 #[derive(Deserialize)]
 struct IdentityParams<'a> {
-    #[serde(borrow, rename = "userName", alias = "username")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "userName",
+        alias = "username"
+    )]
     user_name: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "roleName", alias = "rolename")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "roleName",
+        alias = "rolename"
+    )]
     role_name: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "groupName", alias = "groupname")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "groupName",
+        alias = "groupname"
+    )]
     group_name: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "userId", alias = "userid")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "userId",
+        alias = "userid"
+    )]
     user_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     name: Option<Cow<'a, str>>,
     #[serde(
         borrow,
@@ -184,9 +311,15 @@ struct CreatedIdentity<'a> {
 /// `requestParameters` of S3 object and bucket calls.
 #[derive(Deserialize)]
 struct BucketParams<'a> {
-    #[serde(borrow, rename = "bucketName", alias = "bucketname")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        rename = "bucketName",
+        alias = "bucketname"
+    )]
     bucket_name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     key: Option<Cow<'a, str>>,
 }
 

@@ -36,6 +36,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use serde_json::value::RawValue;
 
+use super::fields::opt_str;
 use super::{DecodeError, Format, parse_time};
 use crate::event::{Category, NormalizedEvent, Outcome, PrincipalKind, Product};
 
@@ -46,19 +47,24 @@ const FORMAT: Format = Format::Entra;
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Envelope<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     time: Option<Cow<'a, str>>,
-    #[serde(borrow, alias = "operationname")]
+    #[serde(borrow, default, deserialize_with = "opt_str", alias = "operationname")]
     operation_name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     category: Option<Cow<'a, str>>,
     #[serde(borrow, alias = "resulttype")]
     result_type: Option<Code<'a>>,
-    #[serde(borrow, alias = "calleripaddress")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_str",
+        alias = "calleripaddress"
+    )]
     caller_ip_address: Option<Cow<'a, str>>,
-    #[serde(borrow, alias = "tenantid")]
+    #[serde(borrow, default, deserialize_with = "opt_str", alias = "tenantid")]
     tenant_id: Option<Cow<'a, str>>,
-    #[serde(borrow, alias = "correlationid")]
+    #[serde(borrow, default, deserialize_with = "opt_str", alias = "correlationid")]
     correlation_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     location: Option<Location<'a>>,
@@ -70,41 +76,41 @@ struct Envelope<'a> {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct SignIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     created_date_time: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     user_principal_name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     user_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     app_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     service_principal_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     service_principal_name: Option<Cow<'a, str>>,
     #[serde(borrow)]
     sign_in_event_types: Option<Vec<Cow<'a, str>>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     ip_address: Option<Cow<'a, str>>,
     #[serde(borrow)]
     location: Option<Location<'a>>,
     #[serde(borrow)]
     status: Option<Status<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     tenant_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     home_tenant_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     resource_tenant_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     session_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     correlation_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     resource_display_name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     unique_token_identifier: Option<Cow<'a, str>>,
 }
 
@@ -119,9 +125,9 @@ enum Location<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SignInLocation<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     country_or_region: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     state: Option<Cow<'a, str>>,
 }
 

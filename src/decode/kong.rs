@@ -20,7 +20,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::envoy::{Flex, opt_str, present, reject_array};
+use super::fields::{Flex, opt_str, present, reject_array};
 use super::{DecodeError, Format};
 use crate::event::{Category, NormalizedEvent, Outcome, PrincipalKind, Product, url_host_port};
 

@@ -10,6 +10,7 @@
 pub mod cloudtrail;
 pub mod entra;
 pub mod envoy;
+pub(crate) mod fields;
 pub mod generic;
 pub mod kong;
 pub mod okta;

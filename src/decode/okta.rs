@@ -29,6 +29,7 @@ use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::fields::opt_str;
 use super::{DecodeError, Format, parse_time};
 use crate::event::{Category, NormalizedEvent, Outcome, PrincipalKind, Product};
 
@@ -37,11 +38,11 @@ const FORMAT: Format = Format::Okta;
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Event<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     published: Option<Cow<'a, str>>,
-    #[serde(borrow, alias = "eventtype")]
+    #[serde(borrow, default, deserialize_with = "opt_str", alias = "eventtype")]
     event_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     uuid: Option<Cow<'a, str>>,
     #[serde(borrow)]
     actor: Option<Actor<'a>>,
@@ -60,20 +61,20 @@ struct Event<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Actor<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, default, deserialize_with = "opt_str", rename = "type")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     alternate_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Client<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     ip_address: Option<Cow<'a, str>>,
     #[serde(borrow)]
     geographical_context: Option<GeographicalContext<'a>>,
@@ -81,35 +82,35 @@ struct Client<'a> {
 
 #[derive(Deserialize)]
 struct GeographicalContext<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     country: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     state: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct EventOutcome<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     result: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Target<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, default, deserialize_with = "opt_str", rename = "type")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     alternate_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AuthenticationContext<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "opt_str")]
     external_session_id: Option<Cow<'a, str>>,
 }
 
@@ -169,9 +170,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOr<T> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct DebugData<'a> {
-    #[serde(borrow, alias = "client_id")]
+    #[serde(borrow, default, deserialize_with = "opt_str", alias = "client_id")]
     client_id: Option<Cow<'a, str>>,
-    #[serde(borrow, alias = "accessTokenId")]
+    #[serde(borrow, default, deserialize_with = "opt_str", alias = "accessTokenId")]
     token_id: Option<Cow<'a, str>>,
 }
 
