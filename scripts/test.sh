@@ -6,6 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/appwarden/target}"
+
+# librdkafka is compiled from source with TLS: it needs a C toolchain, make and
+# the OpenSSL headers. Install the headers from Debian's packages when missing.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "== installing libssl-dev and pkg-config (needed to build librdkafka with TLS)"
+    apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config >/dev/null
+  else
+    echo "error: OpenSSL headers not found; install libssl-dev and pkg-config" >&2
+    exit 1
+  fi
+fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== cargo fmt --check"
