@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::detect::Engine;
+use crate::detect::engine::EngineError;
 use crate::identity::{RegistryError, RegistryHandle, RegistryReloader};
 use crate::pipeline::Pipeline;
 use crate::settings::Settings;
 use crate::sinks::{KafkaTopicWriter, NdjsonWriter, Outputs, SinkError};
-use crate::source::kafka::{KafkaSource, SourceError, SourceProgress, client_config};
+use crate::source::kafka::{
+    KafkaSource, SnapshotPolicy, SourceError, SourceProgress, client_config,
+};
 use crate::telemetry::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +25,8 @@ pub enum DaemonError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 /// Builds the outputs the settings ask for. `kafka` is false for `replay`, which never produces.
@@ -33,11 +39,17 @@ pub fn build_outputs(settings: &Settings, kafka: bool) -> Result<Outputs, Daemon
     if let Some(file) = non_empty(&settings.dead_letter.file) {
         outputs.dead_letter_file = Some(NdjsonWriter::open(Path::new(&file))?);
     }
+    if let Some(file) = non_empty(&settings.alerts.file) {
+        outputs.alerts_file = Some(NdjsonWriter::open(Path::new(&file))?);
+    }
     if kafka {
         let config = client_config(&settings.kafka)?;
         let max = settings.input.max_record_bytes;
         if let Some(topic) = non_empty(&settings.output.events_topic) {
             outputs.events_topic = Some(KafkaTopicWriter::new(&config, &topic, max)?);
+        }
+        if let Some(topic) = non_empty(&settings.alerts.topic) {
+            outputs.alerts_topic = Some(KafkaTopicWriter::new(&config, &topic, max)?);
         }
         if let Some(topic) = non_empty(&settings.dead_letter.topic) {
             // A dead letter carries the whole bad record plus its metadata.
@@ -55,6 +67,8 @@ pub struct Daemon {
     pipeline: Pipeline,
     outputs: Outputs,
     source: KafkaSource,
+    engine: Engine,
+    snapshots: Option<SnapshotPolicy>,
 }
 
 impl Daemon {
@@ -68,7 +82,14 @@ impl Daemon {
         );
         let outputs = build_outputs(settings, true)?;
         let source = KafkaSource::new(&settings.kafka)?;
+        let engine = Engine::start(&settings.detect)?;
+        let snapshots = (!settings.state.snapshot_path.trim().is_empty()).then(|| SnapshotPolicy {
+            path: settings.state.snapshot_path.trim().into(),
+            interval: Duration::from_secs(settings.state.snapshot_interval_secs),
+        });
         Ok(Daemon {
+            engine,
+            snapshots,
             reloader,
             registry,
             reload_interval: Duration::from_secs(settings.registry.reload_interval_secs),
@@ -94,11 +115,19 @@ impl Daemon {
             mut pipeline,
             mut outputs,
             source,
+            mut engine,
+            snapshots,
             ..
         } = self;
         let reload = tokio::spawn(reloader.run(reload_interval, shutdown.child_token()));
         let result = source
-            .run(&mut pipeline, &mut outputs, shutdown.clone())
+            .run(
+                &mut pipeline,
+                &mut outputs,
+                &mut engine,
+                snapshots,
+                shutdown.clone(),
+            )
             .await;
         // A source that failed must not leave the reloader running.
         shutdown.cancel();

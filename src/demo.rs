@@ -15,8 +15,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::{Daemon, DaemonError};
+use crate::detect::Alert;
 use crate::event::{IdentityStatus, NormalizedEvent};
-use crate::generator::{Family, GeneratedRecord, World, WorldConfig};
+use crate::generator::{Family, GeneratedRecord, IncidentKind, World, WorldConfig};
 use crate::settings::{Settings, SettingsError};
 use crate::telemetry::Stats;
 
@@ -133,12 +134,13 @@ fn live_line(elapsed: Duration, produced: u64, stats: &Stats) -> String {
         0.0
     };
     format!(
-        "[{:>3}s] produced {produced:>6} | processed {:>6} | events: {} | resolved to apps {resolved:.1}% | unregistered {} | dead letters {}",
+        "[{:>3}s] produced {produced:>6} | processed {:>6} | events: {} | resolved to apps {resolved:.1}% | unregistered {} | dead letters {} | alerts {}",
         elapsed.as_secs(),
         s.records,
         families.join(", "),
         s.unregistered,
-        s.dead_letters
+        s.dead_letters,
+        s.alerts
     )
 }
 
@@ -154,7 +156,9 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let events_path = out.join("events.ndjson");
     let dead_path = out.join("deadletter.ndjson");
     let incidents_path = out.join("incidents.json");
-    for stale in [&events_path, &dead_path] {
+    let alerts_path = out.join("alerts.ndjson");
+    let state_path = out.join("state.json");
+    for stale in [&events_path, &dead_path, &alerts_path, &state_path] {
         if stale.exists() {
             std::fs::remove_file(stale).map_err(io_err(stale))?;
         }
@@ -180,6 +184,7 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     }
     cluster.create_topic("appwarden.events", 3, 1)?;
     cluster.create_topic("appwarden.deadletter", 1, 1)?;
+    cluster.create_topic("appwarden.alerts", 1, 1)?;
 
     let (mut settings, _) = Settings::load_with_env(None, Vec::new())?;
     settings.kafka.brokers = brokers.clone();
@@ -188,6 +193,11 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     settings.registry.reload_interval_secs = 2;
     settings.output.events_file = events_path.display().to_string();
     settings.dead_letter.file = dead_path.display().to_string();
+    settings.alerts.file = alerts_path.display().to_string();
+    settings.state.snapshot_path = state_path.display().to_string();
+    settings.state.snapshot_interval_secs = 5;
+    // The demo runs on the detectors built into the binary, wherever it is started.
+    settings.detect.detectors_dir = PathBuf::new();
     settings
         .validate()
         .map_err(|(key, message)| DemoError::Options(format!("{key}: {message}")))?;
@@ -258,7 +268,8 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     }
     drop(cluster);
 
-    print_report(&world, &stats, &events_path)?;
+    print_report(&stats, &events_path)?;
+    print_alerts(&world, &alerts_path);
     println!("\noutputs in {}:", out.display());
     for (path, what) in [
         (&registry_path, "the generated micro-app registry"),
@@ -268,13 +279,18 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         ),
         (&dead_path, "dead-lettered records with their reasons"),
         (&incidents_path, "the incidents injected, with their times"),
+        (
+            &alerts_path,
+            "alerts (NDJSON, OCSF Detection Finding fields)",
+        ),
+        (&state_path, "the detector state snapshot"),
     ] {
         println!("  {:<45} {what}", path.display());
     }
     Ok(())
 }
 
-fn print_report(world: &World, stats: &Stats, events_path: &Path) -> Result<(), DemoError> {
+fn print_report(stats: &Stats, events_path: &Path) -> Result<(), DemoError> {
     let s = stats.snapshot();
     println!(
         "\nprocessed {} records -> {} events, {} dead-lettered",
@@ -341,17 +357,55 @@ fn print_report(world: &World, stats: &Stats, events_path: &Path) -> Result<(), 
     if !errors.is_empty() {
         println!("dead letters by reason: {}", errors.join(", "));
     }
-    println!("\nincidents injected (detectors arrive with issue #3; these are the ground truth):");
+    Ok(())
+}
+
+/// Prints the alerts and checks them against the injected incidents.
+fn print_alerts(world: &World, alerts_path: &Path) {
+    let alerts: Vec<Alert> = std::fs::read_to_string(alerts_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    println!("\nalerts ({}):", alerts.len());
+    for alert in &alerts {
+        println!(
+            "  {} {:<8} {:<22} {:<40} {}",
+            alert.window_end.format("%a %H:%M"),
+            alert.severity.as_str(),
+            alert.detector,
+            alert.identity,
+            alert.summary
+        );
+    }
+    let matches = |kind: IncidentKind, identity: &str, a: &Alert| {
+        a.detector == kind.as_str()
+            && (a.identity == identity || kind == IncidentKind::UnregisteredIdentity)
+    };
+    println!("\nincidents injected (ground truth) and whether an alert caught them:");
     let mut incidents: Vec<_> = world.incidents.iter().collect();
     incidents.sort_by_key(|i| i.start);
     for incident in incidents {
+        let caught = alerts
+            .iter()
+            .any(|a| matches(incident.kind, &incident.identity, a));
         println!(
-            "  {:<22} {:<40} {}  {}",
+            "  [{}] {:<22} {:<40} {}  {}",
+            if caught { "caught" } else { "MISSED" },
             incident.kind.as_str(),
             incident.identity,
-            incident.start.format("%H:%M"),
+            incident.start.format("%a %H:%M"),
             incident.description
         );
     }
-    Ok(())
+    let benign = alerts
+        .iter()
+        .filter(|a| {
+            !world
+                .incidents
+                .iter()
+                .any(|i| matches(i.kind, &i.identity, a) || a.identity == i.identity)
+        })
+        .count();
+    println!("alerts on benign apps: {benign}");
 }

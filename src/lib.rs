@@ -8,11 +8,13 @@
 //! - [`event`]: the normalized event every stage speaks.
 //! - [`decode`]: vendor records (one file per format) into normalized events.
 //! - [`identity`]: the registry (hot-reloaded) and resolution of actors to micro-apps.
+//! - [`detect`]: detector kinds, per-identity baselines, the sharded engine and alerts.
 //! - [`pipeline`]: the per-record stage shared by `run` and `replay` (decode → identity), with dead letters.
 //! - [`settings`]: typed configuration (`config/appwarden.toml`, user file, environment).
 //! - [`telemetry`]: counters and rate-limited logs of what the pipeline did.
 //! - [`source`]: Kafka consumer (at-least-once) and file reader (replay) feeding the pipeline.
 //! - [`sinks`]: outputs for events and dead letters (Kafka topics, NDJSON files).
+//! - [`state`]: snapshots of detector and identity state, consistent with input offsets.
 //! - [`daemon`]: wires settings into registry, pipeline, sinks and the Kafka source.
 //! - [`generator`]: seeded traffic of micro-apps in vendor formats, with injected incidents (demo, tests, benches).
 //! - [`demo`]: the daemon on an embedded Kafka with generated traffic (`appwarden demo`).
@@ -20,6 +22,7 @@
 pub mod daemon;
 pub mod decode;
 pub mod demo;
+pub mod detect;
 pub mod event;
 pub mod generator;
 pub mod identity;
@@ -28,3 +31,4 @@ pub mod settings;
 pub mod sinks;
 pub mod source;
 pub mod telemetry;
+pub mod state;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use appwarden::daemon::{Daemon, build_outputs};
 use appwarden::decode::{DecodeOptions, Format};
 use appwarden::demo::{self, DemoOptions};
+use appwarden::detect::Engine;
 use appwarden::identity::RegistryReloader;
 use appwarden::pipeline::Pipeline;
 use appwarden::settings::{LogFormat, Settings};
@@ -39,19 +40,23 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Replay log files through the same pipeline and write normalized events as NDJSON.
+    /// Replay log files through the same pipeline and detectors; write alerts as NDJSON.
     ///
     /// Inputs may be NDJSON, JSON arrays, CloudTrail files ({"Records":[...]}, also .gz)
-    /// or Squid access logs; `-` reads standard input.
+    /// or Squid access logs; `-` reads standard input. The same input and settings
+    /// always give the same alerts, byte for byte.
     Replay {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Record format of every input (auto recognises each record).
         #[arg(long, short, default_value = "auto")]
         format: Format,
-        /// Where normalized events go (`-` for standard output).
-        #[arg(long, short, default_value = "-")]
-        out: PathBuf,
+        /// Where alerts go (`-` for standard output).
+        #[arg(long, default_value = "-")]
+        alerts_out: PathBuf,
+        /// Also write the normalized, identity-resolved events here.
+        #[arg(long)]
+        events_out: Option<PathBuf>,
         /// Where records that cannot be decoded go (default: dead_letter.file from the
         /// settings, else appwarden-deadletter.ndjson).
         #[arg(long)]
@@ -66,8 +71,8 @@ enum Command {
         /// Wall-clock seconds to run.
         #[arg(long, default_value_t = 30)]
         duration: u64,
-        /// Simulated hours of traffic played in that time.
-        #[arg(long, default_value_t = 24)]
+        /// Simulated hours of traffic played in that time (the first day is the detectors' learning period).
+        #[arg(long, default_value_t = 72)]
         hours: u32,
         /// Registered micro-apps in the generated world.
         #[arg(long, default_value_t = 36)]
@@ -154,7 +159,8 @@ async fn run(config: Option<&Path>) -> anyhow::Result<()> {
 async fn replay(
     config: Option<&Path>,
     format: Format,
-    out: &Path,
+    alerts_out: &Path,
+    events_out: Option<&Path>,
     dead_letter_out: Option<&Path>,
     inputs: &[String],
 ) -> anyhow::Result<()> {
@@ -167,6 +173,8 @@ async fn replay(
     };
     settings.dead_letter.file = String::new();
     settings.output.events_file = String::new();
+    settings.alerts.file = String::new();
+    let mut engine = Engine::start(&settings.detect)?;
     let (_reloader, registry) = RegistryReloader::start(&settings.registry.path)?;
     let stats = Arc::new(Stats::default());
     let mut pipeline = Pipeline::new(
@@ -176,18 +184,30 @@ async fn replay(
         stats.clone(),
     );
     let mut outputs = build_outputs(&settings, false)?;
-    outputs.events_file = Some(NdjsonWriter::open(out)?);
+    if let Some(path) = events_out {
+        outputs.events_file = Some(NdjsonWriter::open(path)?);
+    }
+    outputs.alerts_file = Some(NdjsonWriter::open(alerts_out)?);
     outputs.dead_letter_file = Some(NdjsonWriter::open(&dead_letters)?);
     let options = DecodeOptions::default();
-    file::replay(inputs, format, &options, &mut pipeline, &mut outputs).await?;
+    file::replay(
+        inputs,
+        format,
+        &options,
+        &mut pipeline,
+        &mut engine,
+        &mut outputs,
+    )
+    .await?;
     let s = stats.snapshot();
     eprintln!(
-        "replayed {} records: {} events ({} registered, {} unregistered, {} anonymous), {} dead-lettered{}",
+        "replayed {} records: {} events ({} registered, {} unregistered, {} anonymous), {} alerts, {} dead-lettered{}",
         s.records,
         s.events,
         s.registered,
         s.unregistered,
         s.anonymous,
+        s.alerts,
         s.dead_letters,
         if s.dead_letters > 0 {
             format!(" to {}", dead_letters.display())
@@ -210,6 +230,14 @@ fn check_config(config: Option<&Path>) -> anyhow::Result<()> {
     }
     let registry = appwarden::identity::Registry::load(&settings.registry.path)
         .with_context(|| "registry.path".to_string())?;
+    let engine =
+        Engine::start(&settings.detect).with_context(|| "detect.detectors_dir".to_string())?;
+    let names: Vec<&str> = engine.specs().iter().map(|s| s.name.as_str()).collect();
+    println!(
+        "# detectors from {}: {}",
+        settings.detect.detectors_dir.display(),
+        names.join(", ")
+    );
     println!(
         "# registry {}: {} apps",
         settings.registry.path.display(),
@@ -236,14 +264,16 @@ fn main() -> ExitCode {
             Command::Replay {
                 config,
                 format,
-                out,
+                alerts_out,
+                events_out,
                 dead_letter_out,
                 inputs,
             } => {
                 replay(
                     config.as_deref(),
                     format,
-                    &out,
+                    &alerts_out,
+                    events_out.as_deref(),
                     dead_letter_out.as_deref(),
                     &inputs,
                 )

@@ -94,6 +94,19 @@ impl Pipeline {
         &self.stats
     }
 
+    /// The registry in use now (for the detectors of a batch).
+    pub fn registry(&self) -> Arc<crate::identity::Registry> {
+        self.registry.snapshot()
+    }
+
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    pub fn resolver_mut(&mut self) -> &mut Resolver {
+        &mut self.resolver
+    }
+
     /// Processes one record; appends its events to `out` (returning how many),
     /// or returns the dead letter for it. Never panics on input.
     pub fn process(

@@ -28,6 +28,7 @@ pub struct Stats {
     events_by_status: [AtomicU64; 3],
     decode_errors: [AtomicU64; DecodeError::REASONS.len()],
     dead_letters: AtomicU64,
+    alerts: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for summaries and tests.
@@ -44,6 +45,7 @@ pub struct StatsSnapshot {
     pub anonymous: u64,
     pub decode_errors: Vec<(&'static str, u64)>,
     pub dead_letters: u64,
+    pub alerts: u64,
 }
 
 impl StatsSnapshot {
@@ -84,6 +86,10 @@ impl Stats {
         self.decode_errors[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn alert(&self) {
+        self.alerts.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn dead_letter(&self) {
         self.dead_letters.fetch_add(1, Ordering::Relaxed);
     }
@@ -119,6 +125,7 @@ impl Stats {
                 .map(|(r, a)| (*r, load(a)))
                 .collect(),
             dead_letters: load(&self.dead_letters),
+            alerts: load(&self.alerts),
         }
     }
 }

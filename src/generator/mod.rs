@@ -149,6 +149,8 @@ pub struct WorldConfig {
     pub malformed_ratio: f64,
     /// Whether to inject the five incidents.
     pub incidents: bool,
+    /// How many times the five incidents are injected (each round on other apps).
+    pub incident_rounds: u32,
 }
 
 impl Default for WorldConfig {
@@ -164,6 +166,7 @@ impl Default for WorldConfig {
             rate_scale: 1.0,
             malformed_ratio: 0.001,
             incidents: true,
+            incident_rounds: 1,
         }
     }
 }
@@ -283,66 +286,81 @@ impl World {
         self.config.start + Duration::seconds(secs)
     }
 
+    /// Incidents of the five kinds, `incident_rounds` times over the span, each
+    /// round on other apps: round `r` covers the `r`-th slice of the span.
     fn plan_incidents(&self) -> Vec<Incident> {
-        let app = |i: usize| &self.apps[i % self.apps.len()];
+        let n = self.apps.len();
+        let rounds = self.config.incident_rounds.max(1) as usize;
         let minutes = |start: DateTime<Utc>, m: i64| start + Duration::minutes(m);
-        let spike = self.at(0.55);
-        let mass = self.at(0.6);
-        let shadow = self.at(0.3);
-        let egress = self.at(0.65);
-        let region = self.at(0.75);
-        vec![
-            Incident {
-                kind: IncidentKind::CallSpike,
-                identity: format!("app:{}", app(3).id),
-                start: spike,
-                end: minutes(spike, 15),
-                description: format!(
-                    "{} calls its APIs 25x its usual rate for 15 minutes (a loop)",
-                    app(3).id
-                ),
-            },
-            Incident {
-                kind: IncidentKind::MassSecretRead,
-                identity: format!("app:{}", app(4).id),
-                start: mass,
-                end: minutes(mass, 5),
-                description: format!(
-                    "{} lists secrets, then reads 150 distinct secrets in 5 minutes",
-                    app(4).id
-                ),
-            },
-            Incident {
-                kind: IncidentKind::UnregisteredIdentity,
-                identity: "oauth_client:0oa-shadow-gpt-agent".into(),
-                start: shadow,
-                end: minutes(shadow, 120),
-                description:
-                    "an OAuth client missing from the registry gets tokens and calls the gateway; \
-                              an IAM user creates an access key outside onboarding"
-                        .into(),
-            },
-            Incident {
-                kind: IncidentKind::NewEgressDomain,
-                identity: format!("app:{}", app(11).id),
-                start: egress,
-                end: minutes(egress, 10),
-                description: format!(
-                    "{} sends data to paste.exfil-drop.net, a domain it never called",
-                    app(11).id
-                ),
-            },
-            Incident {
-                kind: IncidentKind::OffRegionToken,
-                identity: format!("app:{}", app(6).id),
-                start: region,
-                end: minutes(region, 20),
-                description: format!(
-                    "credentials of {} issued in its home region are used from ap-southeast-2 / AU",
-                    app(6).id
-                ),
-            },
-        ]
+        let mut out = Vec::new();
+        for r in 0..rounds {
+            let at = |fraction: f64| self.at((r as f64 + fraction) / rounds as f64);
+            let app = |i: usize| &self.apps[i % n];
+            // Off-region needs an Okta + CloudTrail app: indexes that are multiples of 6.
+            let travelling = app(6 + 6 * r);
+            let (spike_app, mass_app, egress_app) =
+                (app(3 + 5 * r), app(4 + 5 * r), app(11 + 5 * r));
+            let shadow = if r == 0 {
+                "shadow-gpt-agent".to_string()
+            } else {
+                format!("shadow-gpt-agent-{r}")
+            };
+            let (spike, mass, unregistered, egress, region) =
+                (at(0.55), at(0.6), at(0.3), at(0.65), at(0.75));
+            out.extend([
+                Incident {
+                    kind: IncidentKind::CallSpike,
+                    identity: format!("app:{}", spike_app.id),
+                    start: spike,
+                    end: minutes(spike, 15),
+                    description: format!(
+                        "{} calls its APIs 25x its usual rate for 15 minutes (a loop)",
+                        spike_app.id
+                    ),
+                },
+                Incident {
+                    kind: IncidentKind::MassSecretRead,
+                    identity: format!("app:{}", mass_app.id),
+                    start: mass,
+                    end: minutes(mass, 5),
+                    description: format!(
+                        "{} lists secrets, then reads 150 distinct secrets in 5 minutes",
+                        mass_app.id
+                    ),
+                },
+                Incident {
+                    kind: IncidentKind::UnregisteredIdentity,
+                    identity: format!("oauth_client:0oa-{shadow}"),
+                    start: unregistered,
+                    end: minutes(unregistered, 120),
+                    description: format!(
+                        "OAuth client 0oa-{shadow}, missing from the registry, gets tokens and calls \
+                         the gateway; an IAM user creates an access key outside onboarding"
+                    ),
+                },
+                Incident {
+                    kind: IncidentKind::NewEgressDomain,
+                    identity: format!("app:{}", egress_app.id),
+                    start: egress,
+                    end: minutes(egress, 10),
+                    description: format!(
+                        "{} sends data to paste.exfil-drop.net, a domain it never called",
+                        egress_app.id
+                    ),
+                },
+                Incident {
+                    kind: IncidentKind::OffRegionToken,
+                    identity: format!("app:{}", travelling.id),
+                    start: region,
+                    end: minutes(region, 20),
+                    description: format!(
+                        "credentials of {} issued in its home region are used from ap-southeast-2 / AU",
+                        travelling.id
+                    ),
+                },
+            ]);
+        }
+        out
     }
 
     /// The registry that describes the world's apps (the unregistered identities are, of course, absent).
@@ -475,17 +493,22 @@ impl World {
                 }
             }
             IncidentKind::UnregisteredIdentity => {
+                let name = incident
+                    .identity
+                    .strip_prefix("oauth_client:0oa-")
+                    .unwrap_or("shadow-gpt-agent")
+                    .to_string();
                 let shadow = SimApp {
-                    id: "shadow-gpt-agent".into(),
+                    id: name.clone(),
                     sso: SsoVendor::Okta,
                     secrets: SecretsVendor::Cloudtrail,
                     gateway: GatewayVendor::Kong,
-                    client_id: "0oa-shadow-gpt-agent".into(),
-                    role_arn: "arn:aws:iam::111122220000:role/shadow-gpt-agent".into(),
+                    client_id: format!("0oa-{name}"),
+                    role_arn: format!("arn:aws:iam::111122220000:role/{name}"),
                     account: "111122220000".into(),
                     region: "us-east-1".into(),
                     vault_role: "shadow".into(),
-                    consumer: "shadow-gpt-agent".into(),
+                    consumer: name.clone(),
                     ip: "10.99.0.7".into(),
                     country: "US".into(),
                     secret_names: vec!["prod/crm/api-key".into()],
@@ -509,7 +532,7 @@ impl World {
                 out.push(w.create_access_key(
                     incident.start + Duration::minutes(5),
                     "contractor-temp",
-                    "shadow-gpt-agent",
+                    &name,
                 ));
             }
             IncidentKind::NewEgressDomain => {

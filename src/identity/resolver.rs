@@ -62,6 +62,27 @@ impl Resolver {
         }
     }
 
+    /// The remembered issued credentials (token, app id), oldest first, for snapshots.
+    pub fn issued(&self) -> Vec<(String, String)> {
+        self.issued
+            .order
+            .iter()
+            .filter_map(|t| {
+                self.issued
+                    .by_token
+                    .get(t)
+                    .map(|a| (t.clone(), a.to_string()))
+            })
+            .collect()
+    }
+
+    /// Restores issued credentials saved by [`Resolver::issued`].
+    pub fn restore_issued(&mut self, issued: Vec<(String, String)>) {
+        for (token, app) in issued {
+            self.issued.insert(&token, &app);
+        }
+    }
+
     /// How many issued credentials are remembered.
     pub fn issued_len(&self) -> usize {
         self.issued.by_token.len()

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{FieldMapping, Format};
+use crate::detect::EngineSettings;
 pub use secret::{SecretError, SecretRef};
 
 /// The defaults shipped with the binary; the same text as `config/appwarden.toml`.
@@ -38,8 +39,37 @@ pub struct Settings {
     pub dead_letter: DeadLetterSettings,
     /// Where normalized, identity-resolved events go.
     pub output: OutputSettings,
+    /// Detection engine: detector files, shards, lateness, memory bounds.
+    pub detect: EngineSettings,
+    /// Where alerts go.
+    pub alerts: AlertSettings,
+    /// Snapshots of detector and identity state.
+    pub state: StateSettings,
     /// Logging.
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// Kafka topic for alerts (JSON, keyed by identity). Empty: none.
+    #[serde(default)]
+    pub topic: String,
+    /// NDJSON file for alerts (appended). Empty: none.
+    #[serde(default)]
+    pub file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSettings {
+    /// Snapshot file of detector baselines, suppression and issued credentials,
+    /// with the input offsets it is consistent with. Empty: no snapshots
+    /// (a restart relearns every baseline).
+    #[serde(default)]
+    pub snapshot_path: String,
+    /// Seconds between snapshots (taken after a batch's offsets are stored).
+    pub snapshot_interval_secs: u64,
 }
 
 /// Kafka settings. Anything librdkafka understands can be passed through `properties`.
@@ -360,6 +390,28 @@ impl Settings {
                 "dead_letter",
                 "set dead_letter.topic or dead_letter.file: bad records are never dropped".into(),
             );
+        }
+        let d = &self.detect;
+        if d.shards == 0 || d.shards > 64 {
+            return err("detect.shards", "must be between 1 and 64".into());
+        }
+        if d.allowed_lateness_secs > 86_400 {
+            return err(
+                "detect.allowed_lateness_secs",
+                "must be at most 86400 (one day)".into(),
+            );
+        }
+        if d.idle_eviction_secs < 3600 {
+            return err("detect.idle_eviction_secs", "must be at least 3600".into());
+        }
+        if d.max_identities_per_shard == 0 {
+            return err(
+                "detect.max_identities_per_shard",
+                "must be at least 1".into(),
+            );
+        }
+        if self.state.snapshot_interval_secs == 0 {
+            return err("state.snapshot_interval_secs", "must be at least 1".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return err(

@@ -12,6 +12,7 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::DeliveryFuture;
 
+use crate::detect::Alert;
 use crate::event::NormalizedEvent;
 use crate::pipeline::DeadLetter;
 pub use kafka::KafkaTopicWriter;
@@ -53,7 +54,10 @@ pub struct Outputs {
     pub events_file: Option<NdjsonWriter>,
     pub dead_letter_topic: Option<KafkaTopicWriter>,
     pub dead_letter_file: Option<NdjsonWriter>,
+    pub alerts_topic: Option<KafkaTopicWriter>,
+    pub alerts_file: Option<NdjsonWriter>,
     pending_events: Vec<DeliveryFuture>,
+    pending_alerts: Vec<DeliveryFuture>,
     pending_dead_letters: Vec<DeliveryFuture>,
     buffer: Vec<u8>,
 }
@@ -96,6 +100,20 @@ impl Outputs {
         Ok(())
     }
 
+    pub async fn alert(&mut self, alert: &Alert) -> Result<(), SinkError> {
+        if let Some(file) = &mut self.alerts_file {
+            file.write(alert)?;
+        }
+        if let Some(topic) = &self.alerts_topic {
+            self.buffer.clear();
+            serde_json::to_writer(&mut self.buffer, alert)
+                .map_err(|e| SinkError::io(topic.topic(), std::io::Error::other(e)))?;
+            let delivery = topic.send(&alert.identity, &self.buffer).await?;
+            self.pending_alerts.push(delivery);
+        }
+        Ok(())
+    }
+
     /// Makes everything written so far durable.
     pub async fn commit(&mut self) -> Result<(), SinkError> {
         if let Some(file) = &mut self.events_file {
@@ -103,6 +121,14 @@ impl Outputs {
         }
         if let Some(file) = &mut self.dead_letter_file {
             file.flush()?;
+        }
+        if let Some(file) = &mut self.alerts_file {
+            file.flush()?;
+        }
+        if let Some(topic) = &self.alerts_topic {
+            topic
+                .confirm(std::mem::take(&mut self.pending_alerts))
+                .await?;
         }
         if let Some(topic) = &self.events_topic {
             topic
@@ -119,10 +145,12 @@ impl Outputs {
 
     /// Flushes producer queues at shutdown.
     pub fn close(&mut self, timeout: Duration) {
-        for topic in [&self.events_topic, &self.dead_letter_topic]
-            .into_iter()
-            .flatten()
-        {
+        let topics = [
+            &self.events_topic,
+            &self.dead_letter_topic,
+            &self.alerts_topic,
+        ];
+        for topic in topics.into_iter().flatten() {
             if let Err(error) = topic.flush(timeout) {
                 tracing::warn!(%error, "flushing producer at shutdown");
             }

@@ -14,7 +14,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
 use crate::decode::{DecodeOptions, Format};
+use crate::detect::Engine;
+use crate::detect::engine::EngineError;
 use crate::event::{NormalizedEvent, Origin};
 use crate::pipeline::Pipeline;
 use crate::sinks::{Outputs, SinkError};
@@ -28,6 +32,8 @@ pub enum FileSourceError {
     },
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 /// Opens an input, decompressing `.gz`; `-` is standard input. Returns the reader and its size when known.
@@ -51,79 +57,137 @@ fn open(path: &str) -> Result<(Box<dyn BufRead + Send>, Option<u64>), FileSource
     Ok((Box::new(BufReader::with_capacity(256 * 1024, file)), size))
 }
 
-/// Calls `each(record, record_number)` for every record of one input.
-pub fn for_each_record(
-    path: &str,
-    progress: &ProgressBar,
-    mut each: impl FnMut(&[u8], u64) -> Result<(), FileSourceError>,
-) -> Result<(), FileSourceError> {
-    let read_err = |source| FileSourceError::Read {
-        path: path.to_string(),
-        source,
-    };
-    let (mut reader, size) = open(path)?;
-    if let Some(size) = size {
-        progress.inc_length(size);
-    }
-    let first = loop {
-        let buf = reader.fill_buf().map_err(read_err)?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
-            Some(i) => {
-                let byte = buf[i];
-                reader.consume(i);
-                progress.inc(i as u64);
-                break byte;
-            }
-            None => {
-                let n = buf.len();
-                reader.consume(n);
-                progress.inc(n as u64);
-            }
-        }
-    };
+/// How an input is split into records (decided from its first bytes).
+enum Shape {
+    /// Elements of a JSON array, already split.
+    Items(std::vec::IntoIter<Box<RawValue>>),
+    /// One record: the whole input (a multi-line JSON document or a broken array).
+    Whole(Option<Vec<u8>>),
+    /// One record per line; `pending` holds a first line already read.
+    Lines { pending: Option<Vec<u8>> },
+}
 
-    let mut line = Vec::with_capacity(4096);
-    if first == b'[' {
-        let mut all = Vec::new();
-        reader.read_to_end(&mut all).map_err(read_err)?;
-        progress.inc(all.len() as u64);
-        return match serde_json::from_slice::<Vec<&RawValue>>(&all) {
-            Ok(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    each(item.get().as_bytes(), i as u64 + 1)?;
-                }
-                Ok(())
-            }
-            // Not a valid array: the whole input is one (bad) record and is dead-lettered as such.
-            Err(_) => each(&all, 1),
+/// Pulls the records of one input, one at a time.
+pub struct RecordReader {
+    path: String,
+    reader: Box<dyn BufRead + Send>,
+    shape: Shape,
+    line: Vec<u8>,
+    number: u64,
+    progress: ProgressBar,
+}
+
+impl RecordReader {
+    pub fn open(path: &str, progress: &ProgressBar) -> Result<Self, FileSourceError> {
+        let read_err = |source| FileSourceError::Read {
+            path: path.to_string(),
+            source,
         };
-    }
-    let mut number = 0u64;
-    if first == b'{' {
-        reader.read_until(b'\n', &mut line).map_err(read_err)?;
-        progress.inc(line.len() as u64);
-        if serde_json::from_slice::<IgnoredAny>(&line).is_err() {
-            // A JSON document over several lines (a pretty-printed CloudTrail file): one record.
-            reader.read_to_end(&mut line).map_err(read_err)?;
-            return each(&line, 1);
+        let (mut reader, size) = open(path)?;
+        if let Some(size) = size {
+            progress.inc_length(size);
         }
-        number = 1;
-        each(trim_line(&line), number)?;
-    }
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
-        if n == 0 {
-            return Ok(());
+        let mut first = None;
+        loop {
+            let buf = reader.fill_buf().map_err(read_err)?;
+            if buf.is_empty() {
+                break;
+            }
+            match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+                Some(i) => {
+                    first = Some(buf[i]);
+                    reader.consume(i);
+                    progress.inc(i as u64);
+                    break;
+                }
+                None => {
+                    let n = buf.len();
+                    reader.consume(n);
+                    progress.inc(n as u64);
+                }
+            }
         }
-        progress.inc(n as u64);
-        number += 1;
-        let record = trim_line(&line);
-        if !record.iter().all(u8::is_ascii_whitespace) {
-            each(record, number)?;
+        let shape = match first {
+            Some(b'[') => {
+                let mut all = Vec::new();
+                reader.read_to_end(&mut all).map_err(read_err)?;
+                progress.inc(all.len() as u64);
+                match serde_json::from_slice::<Vec<Box<RawValue>>>(&all) {
+                    Ok(items) => Shape::Items(items.into_iter()),
+                    // Not a valid array: the whole input is one (bad) record, dead-lettered as such.
+                    Err(_) => Shape::Whole(Some(all)),
+                }
+            }
+            Some(b'{') => {
+                let mut line = Vec::new();
+                reader.read_until(b'\n', &mut line).map_err(read_err)?;
+                progress.inc(line.len() as u64);
+                if serde_json::from_slice::<IgnoredAny>(&line).is_ok() {
+                    Shape::Lines {
+                        pending: Some(line),
+                    }
+                } else {
+                    // A JSON document over several lines (a pretty-printed CloudTrail file): one record.
+                    reader.read_to_end(&mut line).map_err(read_err)?;
+                    Shape::Whole(Some(line))
+                }
+            }
+            Some(_) => Shape::Lines { pending: None },
+            None => Shape::Whole(None),
+        };
+        Ok(RecordReader {
+            path: path.to_string(),
+            reader,
+            shape,
+            line: Vec::with_capacity(4096),
+            number: 0,
+            progress: progress.clone(),
+        })
+    }
+
+    /// The next record and its number (line, or element for arrays), or `None` at the end.
+    pub fn next_record(&mut self) -> Result<Option<(&[u8], u64)>, FileSourceError> {
+        match &mut self.shape {
+            Shape::Items(items) => {
+                let Some(item) = items.next() else {
+                    return Ok(None);
+                };
+                self.number += 1;
+                self.line.clear();
+                self.line.extend_from_slice(item.get().as_bytes());
+                Ok(Some((&self.line, self.number)))
+            }
+            Shape::Whole(whole) => match whole.take() {
+                Some(bytes) => {
+                    self.number = 1;
+                    self.line = bytes;
+                    Ok(Some((&self.line, 1)))
+                }
+                None => Ok(None),
+            },
+            Shape::Lines { pending } => loop {
+                self.line.clear();
+                if let Some(first) = pending.take() {
+                    self.line = first;
+                } else {
+                    let n = self
+                        .reader
+                        .read_until(b'\n', &mut self.line)
+                        .map_err(|source| FileSourceError::Read {
+                            path: self.path.clone(),
+                            source,
+                        })?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    self.progress.inc(n as u64);
+                }
+                self.number += 1;
+                let end = trim_line(&self.line).len();
+                if !self.line[..end].iter().all(u8::is_ascii_whitespace) {
+                    return Ok(Some((&self.line[..end], self.number)));
+                }
+            },
         }
     }
 }
@@ -147,46 +211,72 @@ pub fn progress_bar() -> ProgressBar {
     bar
 }
 
-/// Replays files through the pipeline into `outputs`.
+/// Records per detector batch in a replay. Fixed, so a replay is deterministic.
+const REPLAY_BATCH: usize = 1000;
+
+/// Replays files through the pipeline and the detectors into `outputs`; at the
+/// end every open window is closed.
 pub async fn replay(
     inputs: &[String],
     format: Format,
     options: &DecodeOptions,
     pipeline: &mut Pipeline,
+    engine: &mut Engine,
     outputs: &mut Outputs,
 ) -> Result<(), FileSourceError> {
     let progress = progress_bar();
     let mut events: Vec<NormalizedEvent> = Vec::new();
-    let mut pending: Vec<Result<Vec<NormalizedEvent>, Box<crate::pipeline::DeadLetter>>> =
-        Vec::new();
+    let mut batch: Vec<Arc<NormalizedEvent>> = Vec::new();
+    let mut records = 0usize;
     for input in inputs {
         progress.set_message(input.clone());
-        // Decoding is synchronous; results are collected per chunk and written asynchronously.
-        for_each_record(input, &progress, |record, line| {
+        let mut reader = RecordReader::open(input, &progress)?;
+        loop {
+            let Some((record, line)) = reader.next_record()? else {
+                break;
+            };
             let origin = Origin::File {
                 path: input.clone(),
                 line,
             };
             events.clear();
             match pipeline.process(format, options, record, origin, &mut events) {
-                Ok(_) => pending.push(Ok(std::mem::take(&mut events))),
-                Err(letter) => pending.push(Err(letter)),
-            }
-            Ok(())
-        })?;
-        for result in pending.drain(..) {
-            match result {
-                Ok(batch) => {
-                    for event in &batch {
-                        outputs.event(event).await?;
+                Ok(_) => {
+                    for event in events.drain(..) {
+                        outputs.event(&event).await?;
+                        batch.push(Arc::new(event));
                     }
                 }
                 Err(letter) => outputs.dead_letter(&letter).await?,
             }
+            records += 1;
+            if records % REPLAY_BATCH == 0 {
+                detect(pipeline, engine, outputs, &mut batch).await?;
+            }
         }
-        outputs.commit().await?;
     }
+    detect(pipeline, engine, outputs, &mut batch).await?;
+    for alert in engine.finish(&pipeline.registry()).await? {
+        outputs.alert(&alert).await?;
+        pipeline.stats().alert();
+    }
+    outputs.commit().await?;
     progress.finish_and_clear();
+    Ok(())
+}
+
+async fn detect(
+    pipeline: &Pipeline,
+    engine: &mut Engine,
+    outputs: &mut Outputs,
+    batch: &mut Vec<Arc<NormalizedEvent>>,
+) -> Result<(), FileSourceError> {
+    for alert in engine.process(batch, &pipeline.registry()).await? {
+        outputs.alert(&alert).await?;
+        pipeline.stats().alert();
+    }
+    batch.clear();
+    outputs.commit().await?;
     Ok(())
 }
 
@@ -207,11 +297,11 @@ mod tests {
             std::fs::write(&path, content).unwrap();
         }
         let mut got = Vec::new();
-        for_each_record(path.to_str().unwrap(), &ProgressBar::hidden(), |r, n| {
+        let mut reader =
+            RecordReader::open(path.to_str().unwrap(), &ProgressBar::hidden()).unwrap();
+        while let Some((r, n)) = reader.next_record().unwrap() {
             got.push((String::from_utf8_lossy(r).into_owned(), n));
-            Ok(())
-        })
-        .unwrap();
+        }
         got
     }
 

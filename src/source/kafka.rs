@@ -19,11 +19,19 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use tokio_util::sync::CancellationToken;
 
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rdkafka::{Offset, TopicPartitionList};
+
 use crate::decode::{DecodeOptions, Format};
+use crate::detect::Engine;
+use crate::detect::engine::EngineError;
 use crate::event::{NormalizedEvent, Origin};
 use crate::pipeline::Pipeline;
 use crate::settings::{KafkaSettings, SecretError};
 use crate::sinks::{Outputs, SinkError};
+use crate::state::{self, SNAPSHOT_VERSION, Snapshot, StateError};
 use crate::telemetry::RateLimitedLog;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +45,17 @@ pub enum SourceError {
     },
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Where and how often detector state is snapshotted.
+#[derive(Debug, Clone)]
+pub struct SnapshotPolicy {
+    pub path: PathBuf,
+    pub interval: Duration,
 }
 
 /// The librdkafka configuration shared by the consumer and AppWarden's producers:
@@ -142,8 +161,19 @@ impl BatchOffsets {
     }
 }
 
+/// What the consume loop carries between batches.
+struct RunState {
+    batch: BatchOffsets,
+    /// Events of the open batch, for the detectors.
+    events: Vec<Arc<NormalizedEvent>>,
+    /// Next offset to read per partition, as far as durable outputs go.
+    position: HashMap<(String, i32), i64>,
+    last_snapshot: Instant,
+}
+
 pub struct KafkaSource {
     consumer: StreamConsumer<GroupContext>,
+    topic_names: Vec<String>,
     topics: TopicFormats,
     batch_max_records: usize,
     batch_linger: Duration,
@@ -167,8 +197,6 @@ impl KafkaSource {
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(GroupContext {
             progress: progress.clone(),
         })?;
-        let names: Vec<&str> = settings.topics.iter().map(|t| t.name.as_str()).collect();
-        consumer.subscribe(&names)?;
         let topics = TopicFormats(
             settings
                 .topics
@@ -183,6 +211,7 @@ impl KafkaSource {
         );
         Ok(KafkaSource {
             consumer,
+            topic_names: settings.topics.iter().map(|t| t.name.clone()).collect(),
             topics,
             batch_max_records: settings.batch_max_records,
             batch_linger: Duration::from_millis(settings.batch_linger_ms),
@@ -201,13 +230,111 @@ impl KafkaSource {
         &self,
         pipeline: &mut Pipeline,
         outputs: &mut Outputs,
+        engine: &mut Engine,
+        snapshots: Option<SnapshotPolicy>,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let mut position: HashMap<(String, i32), i64> = HashMap::new();
+        if let Some(policy) = &snapshots {
+            if let Some(snapshot) = state::read(&policy.path)? {
+                self.restore(snapshot, pipeline, engine, &mut position)
+                    .await?;
+            }
+        }
+        let names: Vec<&str> = self.topic_names.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&names)?;
+        let mut run = RunState {
+            batch: BatchOffsets::default(),
+            events: Vec::new(),
+            position,
+            last_snapshot: Instant::now(),
+        };
+        let result = self
+            .consume(
+                pipeline,
+                outputs,
+                engine,
+                snapshots.as_ref(),
+                &mut run,
+                shutdown,
+            )
+            .await;
+        if result.is_ok() {
+            if let Some(policy) = &snapshots {
+                self.snapshot(policy, pipeline, engine, &run.position)
+                    .await?;
+            }
+        }
+        result
+    }
+
+    /// Restores detector and identity state and rewinds the group to the snapshot's offsets.
+    async fn restore(
+        &self,
+        snapshot: Snapshot,
+        pipeline: &mut Pipeline,
+        engine: &mut Engine,
+        position: &mut HashMap<(String, i32), i64>,
+    ) -> Result<(), SourceError> {
+        let offsets = snapshot.offsets.len();
+        engine.load(snapshot.engine).await?;
+        pipeline
+            .resolver_mut()
+            .restore_issued(snapshot.issued_credentials);
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in snapshot.offsets {
+            if self.topic_names.contains(&topic) {
+                tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+                position.insert((topic, partition), offset);
+            }
+        }
+        if tpl.count() > 0 {
+            // The group resumes exactly where the restored state ends.
+            self.consumer.commit(&tpl, CommitMode::Sync)?;
+        }
+        tracing::info!(
+            partitions = offsets,
+            "state restored from snapshot; group offsets set to match"
+        );
+        Ok(())
+    }
+
+    async fn snapshot(
+        &self,
+        policy: &SnapshotPolicy,
+        pipeline: &Pipeline,
+        engine: &Engine,
+        position: &HashMap<(String, i32), i64>,
+    ) -> Result<(), SourceError> {
+        let mut offsets: Vec<(String, i32, i64)> = position
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect();
+        offsets.sort();
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            offsets,
+            engine: engine.save().await?,
+            issued_credentials: pipeline.resolver().issued(),
+        };
+        state::write(&policy.path, &snapshot)?;
+        tracing::debug!(path = %policy.path.display(), "state snapshot written");
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        pipeline: &mut Pipeline,
+        outputs: &mut Outputs,
+        engine: &mut Engine,
+        snapshots: Option<&SnapshotPolicy>,
+        run: &mut RunState,
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let warn = RateLimitedLog::new(Duration::from_secs(10));
-        let mut batch = BatchOffsets::default();
         let mut events: Vec<NormalizedEvent> = Vec::with_capacity(64);
         loop {
-            let next = if batch.records == 0 {
+            let next = if run.batch.records == 0 {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => None,
@@ -219,7 +346,7 @@ impl KafkaSource {
                     _ = shutdown.cancelled() => None,
                     m = self.consumer.recv() => Some(m),
                     _ = tokio::time::sleep(self.batch_linger) => {
-                        self.commit_batch(outputs, &mut batch).await?;
+                        self.commit_batch(pipeline, outputs, engine, snapshots, run).await?;
                         continue;
                     }
                 }
@@ -250,18 +377,21 @@ impl KafkaSource {
                 &mut events,
             ) {
                 Ok(_) => {
-                    for event in &events {
-                        outputs.event(event).await?;
+                    for event in events.drain(..) {
+                        outputs.event(&event).await?;
+                        run.events.push(Arc::new(event));
                     }
                 }
                 Err(letter) => outputs.dead_letter(&letter).await?,
             }
-            batch.note(topic, message.partition(), message.offset());
-            if batch.records >= self.batch_max_records {
-                self.commit_batch(outputs, &mut batch).await?;
+            run.batch.note(topic, message.partition(), message.offset());
+            if run.batch.records >= self.batch_max_records {
+                self.commit_batch(pipeline, outputs, engine, snapshots, run)
+                    .await?;
             }
         }
-        self.commit_batch(outputs, &mut batch).await?;
+        self.commit_batch(pipeline, outputs, engine, snapshots, run)
+            .await?;
         if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "final commit (nothing new to commit is fine)");
         }
@@ -269,26 +399,45 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// Runs the batch's events through the detectors, makes every output durable,
+    /// stores the offsets, and snapshots state when one is due.
     async fn commit_batch(
         &self,
+        pipeline: &Pipeline,
         outputs: &mut Outputs,
-        batch: &mut BatchOffsets,
+        engine: &mut Engine,
+        snapshots: Option<&SnapshotPolicy>,
+        run: &mut RunState,
     ) -> Result<(), SourceError> {
-        if batch.records == 0 {
+        if run.batch.records == 0 {
             return Ok(());
         }
+        let alerts = engine.process(&run.events, &pipeline.registry()).await?;
+        run.events.clear();
+        for alert in &alerts {
+            outputs.alert(alert).await?;
+            pipeline.stats().alert();
+        }
         outputs.commit().await?;
-        for (topic, partition, offset) in batch.partitions.drain(..) {
+        for (topic, partition, offset) in run.batch.partitions.drain(..) {
             // `store_offset` stores offset + 1, the next record to read.
             if let Err(error) = self.consumer.store_offset(&topic, partition, offset) {
                 // The partition was revoked mid-batch: its next owner re-reads these records.
                 tracing::debug!(%error, topic, partition, "offset not stored");
             }
+            run.position.insert((topic, partition), offset + 1);
         }
-        batch.records = 0;
+        run.batch.records = 0;
         self.progress
             .batches_committed
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(policy) = snapshots
+            && run.last_snapshot.elapsed() >= policy.interval
+        {
+            self.snapshot(policy, pipeline, engine, &run.position)
+                .await?;
+            run.last_snapshot = Instant::now();
+        }
         Ok(())
     }
 }

@@ -15,14 +15,17 @@ fn appwarden() -> Command {
 fn replay_writes_events_and_dead_letters() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("events.ndjson");
+    let alerts = dir.path().join("alerts.ndjson");
     let dead = dir.path().join("dead.ndjson");
     let bad = dir.path().join("bad.ndjson");
     std::fs::write(&bad, "{\"eventVersion\": \"1.08\", \"eventTime\": 5, \"eventSource\": \"sts.amazonaws.com\"}\nnot json at all\n")
         .expect("write");
     let output = appwarden()
         .arg("replay")
-        .arg("--out")
+        .arg("--events-out")
         .arg(&out)
+        .arg("--alerts-out")
+        .arg(&alerts)
         .arg("--dead-letter-out")
         .arg(&dead)
         .arg(fixture("squid/documented.log"))
@@ -66,8 +69,12 @@ fn replay_reads_a_cloudtrail_envelope_from_stdin() {
        "requestParameters": {"secretId": "prod/db"},
        "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::123456789012:user/ci", "accessKeyId": "AKIAEXAMPLE"}}
     ]}"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("events.ndjson");
     let mut child = appwarden()
-        .args(["replay", "--format", "cloudtrail", "-"])
+        .args(["replay", "--format", "cloudtrail", "--events-out"])
+        .arg(&events)
+        .arg("-")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -85,7 +92,8 @@ fn replay_reads_a_cloudtrail_envelope_from_stdin() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .expect("events written")
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON"))
         .collect();

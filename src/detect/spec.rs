@@ -1,0 +1,204 @@
+//! Detector files: one TOML file per detector in `detectors/`, naming a kind and its settings.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::alert::Severity;
+use crate::event::{Category, IdentityStatus, NormalizedEvent, Product, SourceKind};
+
+/// The detector kinds the engine implements; a file picks one and sets its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Events per bucket against a rolling, seasonal per-identity baseline.
+    RateSpike,
+    /// Secret reads and distinct secrets per window; enumeration; unregistered readers.
+    SecretReads,
+    /// Identities missing from the registry, admin actions outside onboarding, lapsed registrations.
+    Unregistered,
+    /// A value (registrable egress domain) first seen for an identity after its learning period.
+    NewDomain,
+    /// Tokens used from another region than issued, or outside the app's allowed regions.
+    TokenRegion,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::RateSpike => "rate_spike",
+            Kind::SecretReads => "secret_reads",
+            Kind::Unregistered => "unregistered",
+            Kind::NewDomain => "new_domain",
+            Kind::TokenRegion => "token_region",
+        }
+    }
+}
+
+/// Which events a detector sees. An empty list means "any".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    #[serde(default)]
+    pub categories: Vec<Category>,
+    /// Identity statuses: registered, unregistered, anonymous.
+    #[serde(default)]
+    pub statuses: Vec<IdentityStatus>,
+    #[serde(default)]
+    pub products: Vec<Product>,
+    #[serde(default)]
+    pub sources: Vec<SourceKind>,
+}
+
+impl Filter {
+    pub fn matches(&self, event: &NormalizedEvent) -> bool {
+        let status = event
+            .identity
+            .as_ref()
+            .map_or(IdentityStatus::Anonymous, |i| i.status);
+        (self.categories.is_empty() || self.categories.contains(&event.category))
+            && (self.statuses.is_empty() || self.statuses.contains(&status))
+            && (self.products.is_empty() || self.products.contains(&event.product))
+            && (self.sources.is_empty() || self.sources.contains(&event.source_kind))
+    }
+}
+
+/// One detector, as written in its file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorSpec {
+    /// Unique name; alerts carry it as `detector`.
+    pub name: String,
+    pub kind: Kind,
+    /// What the detector looks for, for people reading alerts and files.
+    pub description: String,
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+    /// Base severity, raised by the app's risk tier and score.
+    pub severity: Severity,
+    /// Repeats for the same identity within this many seconds (event time) are suppressed.
+    pub suppression_secs: u64,
+    /// An identity's own baseline may alert only after it has been seen this long.
+    #[serde(default)]
+    pub learning_period_secs: u64,
+    #[serde(default)]
+    pub filter: Filter,
+    /// Parameters of the kind (see each kind's documentation in `detectors/README.md`).
+    #[serde(default)]
+    pub params: toml::Table,
+    /// The file it came from (set when loaded).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn enabled_default() -> bool {
+    true
+}
+
+/// A detector file that cannot be used, naming the file and the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("detector file {path}: {key}: {message}")]
+pub struct SpecError {
+    pub path: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl DetectorSpec {
+    pub fn parse(text: &str, path: &Path) -> Result<DetectorSpec, SpecError> {
+        let mut spec: DetectorSpec = toml::from_str(text).map_err(|e| SpecError {
+            path: path.display().to_string(),
+            key: "(file)".into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        spec.path = path.to_path_buf();
+        if spec.name.trim().is_empty() {
+            return Err(spec.error("name", "must not be empty"));
+        }
+        if spec.suppression_secs == 0 {
+            return Err(spec.error("suppression_secs", "must be at least 1"));
+        }
+        Ok(spec)
+    }
+
+    pub fn error(&self, key: &str, message: impl Into<String>) -> SpecError {
+        SpecError {
+            path: self.path.display().to_string(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Parses `params` into a kind's parameter struct (which denies unknown fields).
+    pub fn params<T: serde::de::DeserializeOwned>(&self) -> Result<T, SpecError> {
+        toml::Value::Table(self.params.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                self.error("params", e.to_string().trim().replace('\n', " "))
+            })
+    }
+}
+
+/// Loads every `*.toml` file of a folder, sorted by file name; names must be unique.
+pub fn load_dir(dir: &Path) -> Result<Vec<DetectorSpec>, SpecError> {
+    let dir_error = |message: String| SpecError {
+        path: dir.display().to_string(),
+        key: "(folder)".into(),
+        message,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| dir_error(e.to_string()))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    let mut specs: Vec<DetectorSpec> = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).map_err(|e| SpecError {
+            path: path.display().to_string(),
+            key: "(file)".into(),
+            message: e.to_string(),
+        })?;
+        let spec = DetectorSpec::parse(&text, &path)?;
+        if specs.iter().any(|s| s.name == spec.name) {
+            return Err(spec.error(
+                "name",
+                format!("`{}` is used by another detector file", spec.name),
+            ));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_names_bad_keys() {
+        let text = r#"
+name = "x"
+kind = "rate_spike"
+description = "d"
+severity = "medium"
+suppression_secs = 60
+[filter]
+categories = ["api_call"]
+[params]
+bucket_secs = 300
+"#;
+        let spec = DetectorSpec::parse(text, Path::new("x.toml")).unwrap();
+        assert_eq!(spec.kind, Kind::RateSpike);
+        assert!(spec.enabled);
+        let e = DetectorSpec::parse(&text.replace("severity", "sevrity"), Path::new("x.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("sevrity"), "{e}");
+        let e = DetectorSpec::parse(&text.replace("rate_spike", "magic"), Path::new("x.toml"))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("detector file x.toml"), "{e}");
+        let e = DetectorSpec::parse(&text.replace("= 60", "= 0"), Path::new("x.toml")).unwrap_err();
+        assert_eq!(e.key, "suppression_secs");
+    }
+}
