@@ -30,5 +30,5 @@ pub mod pipeline;
 pub mod settings;
 pub mod sinks;
 pub mod source;
-pub mod telemetry;
 pub mod state;
+pub mod telemetry;

@@ -131,11 +131,11 @@ impl Shard {
         for finding in findings.drain(..) {
             let key = (finding.identity.clone(), finding.variant.to_string());
             let suppression = Duration::seconds(sd.spec.suppression_secs as i64);
-            if let Some(last) = sd.last_alert.get(&key) {
-                if finding.window_end < *last + suppression {
-                    self.stats.suppressed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
+            if let Some(last) = sd.last_alert.get(&key)
+                && finding.window_end < *last + suppression
+            {
+                self.stats.suppressed.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
             sd.last_alert.insert(key, finding.window_end);
             let app = finding
@@ -291,9 +291,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads the detector files and starts the shard threads.
+    /// Loads the detector files (the built-in defaults when `detectors_dir` is empty)
+    /// and starts the shard threads.
     pub fn start(settings: &EngineSettings) -> Result<Engine, EngineError> {
-        let specs = load_dir(&settings.detectors_dir)?;
+        let specs = if settings.detectors_dir.as_os_str().is_empty() {
+            super::spec::builtin()?
+        } else {
+            load_dir(&settings.detectors_dir)?
+        };
         Self::with_specs(settings, specs)
     }
 

@@ -148,10 +148,7 @@ impl<S: Default + Serialize + DeserializeOwned> IdentityMap<S> {
         let mut out: Vec<(String, serde_json::Value)> = self
             .entries
             .iter()
-            .filter_map(|(k, (s, seen))| {
-                let value = serde_json::json!({ "seen": seen, "state": s });
-                Some((k.clone(), value))
-            })
+            .map(|(k, (s, seen))| (k.clone(), serde_json::json!({ "seen": seen, "state": s })))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out

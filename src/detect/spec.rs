@@ -139,6 +139,38 @@ impl DetectorSpec {
     }
 }
 
+/// The default detectors, compiled in: the files of `detectors/` as shipped.
+pub const BUILTIN: [(&str, &str); 5] = [
+    (
+        "call_spike.toml",
+        include_str!("../../detectors/call_spike.toml"),
+    ),
+    (
+        "mass_secret_read.toml",
+        include_str!("../../detectors/mass_secret_read.toml"),
+    ),
+    (
+        "new_egress_domain.toml",
+        include_str!("../../detectors/new_egress_domain.toml"),
+    ),
+    (
+        "off_region_token.toml",
+        include_str!("../../detectors/off_region_token.toml"),
+    ),
+    (
+        "unregistered_identity.toml",
+        include_str!("../../detectors/unregistered_identity.toml"),
+    ),
+];
+
+/// The built-in default detectors.
+pub fn builtin() -> Result<Vec<DetectorSpec>, SpecError> {
+    BUILTIN
+        .iter()
+        .map(|(name, text)| DetectorSpec::parse(text, Path::new(&format!("(built-in) {name}"))))
+        .collect()
+}
+
 /// Loads every `*.toml` file of a folder, sorted by file name; names must be unique.
 pub fn load_dir(dir: &Path) -> Result<Vec<DetectorSpec>, SpecError> {
     let dir_error = |message: String| SpecError {

@@ -250,7 +250,7 @@ pub async fn replay(
                 Err(letter) => outputs.dead_letter(&letter).await?,
             }
             records += 1;
-            if records % REPLAY_BATCH == 0 {
+            if records.is_multiple_of(REPLAY_BATCH) {
                 detect(pipeline, engine, outputs, &mut batch).await?;
             }
         }

@@ -91,11 +91,82 @@ pub struct SourceProgress {
 /// so the next owner starts exactly after what this process finished.
 pub struct GroupContext {
     progress: Arc<SourceProgress>,
+    /// Where restored state ends, per partition: an assigned partition found here
+    /// starts at this offset instead of the group's committed one.
+    resume: std::sync::Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
+    /// librdkafka's default rebalance, except that partitions covered by a
+    /// restored snapshot start at the snapshot's offsets.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr as E;
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Used once: a later rebalance resumes from the group's committed offsets.
+                let mut resume = match self.resume.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let starts: Vec<(String, i32, i64)> = tpl
+                    .elements()
+                    .iter()
+                    .filter_map(|e| {
+                        resume
+                            .remove(&(e.topic().to_string(), e.partition()))
+                            .map(|o| (e.topic().to_string(), e.partition(), o))
+                    })
+                    .collect();
+                drop(resume);
+                for (topic, partition, offset) in starts {
+                    if let Err(error) =
+                        tpl.set_partition_offset(&topic, partition, Offset::Offset(offset))
+                    {
+                        tracing::warn!(%error, topic, partition, "cannot start at the snapshot offset");
+                    }
+                }
+                self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(error) = result {
+                    tracing::error!(%error, "assigning partitions");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+            }
+            E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = result {
+                    tracing::error!(%error, "revoking partitions");
+                }
+                self.post_rebalance(consumer, &Rebalance::Revoke(tpl));
+            }
+            other => {
+                let error = KafkaError::Rebalance(other.into());
+                self.post_rebalance(consumer, &Rebalance::Error(error));
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             tracing::info!(
@@ -196,6 +267,7 @@ impl KafkaSource {
         let progress = Arc::new(SourceProgress::default());
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(GroupContext {
             progress: progress.clone(),
+            resume: std::sync::Mutex::new(HashMap::new()),
         })?;
         let topics = TopicFormats(
             settings
@@ -235,11 +307,11 @@ impl KafkaSource {
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let mut position: HashMap<(String, i32), i64> = HashMap::new();
-        if let Some(policy) = &snapshots {
-            if let Some(snapshot) = state::read(&policy.path)? {
-                self.restore(snapshot, pipeline, engine, &mut position)
-                    .await?;
-            }
+        if let Some(policy) = &snapshots
+            && let Some(snapshot) = state::read(&policy.path)?
+        {
+            self.restore(snapshot, pipeline, engine, &mut position)
+                .await?;
         }
         let names: Vec<&str> = self.topic_names.iter().map(String::as_str).collect();
         self.consumer.subscribe(&names)?;
@@ -259,11 +331,11 @@ impl KafkaSource {
                 shutdown,
             )
             .await;
-        if result.is_ok() {
-            if let Some(policy) = &snapshots {
-                self.snapshot(policy, pipeline, engine, &run.position)
-                    .await?;
-            }
+        if result.is_ok()
+            && let Some(policy) = &snapshots
+        {
+            self.snapshot(policy, pipeline, engine, &run.position)
+                .await?;
         }
         result
     }
@@ -281,20 +353,20 @@ impl KafkaSource {
         pipeline
             .resolver_mut()
             .restore_issued(snapshot.issued_credentials);
-        let mut tpl = TopicPartitionList::new();
+        let mut resume = match self.consumer.context().resume.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         for (topic, partition, offset) in snapshot.offsets {
             if self.topic_names.contains(&topic) {
-                tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+                // Assigned partitions resume exactly where the restored state ends.
+                resume.insert((topic.clone(), partition), offset);
                 position.insert((topic, partition), offset);
             }
         }
-        if tpl.count() > 0 {
-            // The group resumes exactly where the restored state ends.
-            self.consumer.commit(&tpl, CommitMode::Sync)?;
-        }
         tracing::info!(
             partitions = offsets,
-            "state restored from snapshot; group offsets set to match"
+            "state restored from snapshot; assigned partitions resume at its offsets"
         );
         Ok(())
     }

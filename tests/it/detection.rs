@@ -111,6 +111,7 @@ async fn weeks_of_traffic_catch_every_incident_with_few_false_alerts() {
         hours: days * 24,
         rate_scale: 0.6,
         malformed_ratio: 0.0,
+        incident_rounds: 3,
         start: Utc.with_ymd_and_hms(2026, 10, 5, 0, 0, 0).unwrap(),
         ..WorldConfig::default()
     });
@@ -139,6 +140,7 @@ async fn weeks_of_traffic_catch_every_incident_with_few_false_alerts() {
                 .any(|i| caught(i.kind, &i.identity, a) || a.identity == i.identity)
         })
         .collect();
+    // Registered apps plus the unregistered identities the incidents bring in.
     let identity_days = (world.apps.len() + 3) as f64 * days as f64;
     let per_100 = 100.0 * false_alerts.len() as f64 / identity_days;
     let mut by_detector: BTreeMap<&str, usize> = BTreeMap::new();

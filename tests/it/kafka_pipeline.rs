@@ -156,6 +156,9 @@ fn harness(
     settings.output.events_file = events_path.display().to_string();
     settings.dead_letter.topic = topic_names["dead"].clone();
     settings.dead_letter.file = dead_path.display().to_string();
+    settings.alerts.file = dir.path().join("out/alerts.ndjson").display().to_string();
+    settings.alerts.topic = String::new();
+    settings.state.snapshot_path = dir.path().join("state/snapshot.json").display().to_string();
     settings.validate().expect("test settings valid");
     Harness {
         _dir: dir,

@@ -1,6 +1,10 @@
 //! The detector kinds: one file each, built from a detector file by [`build`].
 
+mod new_domain;
 mod rate_spike;
+mod secret_reads;
+mod token_region;
+mod unregistered;
 
 use super::Detector;
 use super::spec::{DetectorSpec, Kind, SpecError};
@@ -10,9 +14,9 @@ use super::spec::{DetectorSpec, Kind, SpecError};
 pub fn build(spec: &DetectorSpec, max_identities: usize) -> Result<Box<dyn Detector>, SpecError> {
     match spec.kind {
         Kind::RateSpike => rate_spike::build(spec, max_identities),
-        Kind::SecretReads => Err(spec.error("kind", "PENDING-REGISTRATION secret_reads")),
-        Kind::Unregistered => Err(spec.error("kind", "PENDING-REGISTRATION unregistered")),
-        Kind::NewDomain => Err(spec.error("kind", "PENDING-REGISTRATION new_domain")),
-        Kind::TokenRegion => Err(spec.error("kind", "PENDING-REGISTRATION token_region")),
+        Kind::SecretReads => secret_reads::build(spec, max_identities),
+        Kind::Unregistered => unregistered::build(spec, max_identities),
+        Kind::NewDomain => new_domain::build(spec, max_identities),
+        Kind::TokenRegion => token_region::build(spec, max_identities),
     }
 }

@@ -177,9 +177,9 @@ fn slot_label(day: usize, hour: usize) -> String {
 
 /// "5 minutes", "1 hour", "90 seconds".
 fn span_text(secs: u64) -> String {
-    let (n, unit) = if secs % 3600 == 0 {
+    let (n, unit) = if secs.is_multiple_of(3600) {
         (secs / 3600, "hour")
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         (secs / 60, "minute")
     } else {
         (secs, "second")
@@ -229,9 +229,15 @@ impl State {
     fn learn(&mut self, p: &Params, start: i64, value: f64) {
         let (day, hour) = slot_of(start);
         let n = &mut self.slot_buckets[day][hour];
-        self.slot_ewma[day][hour] = ewma_step(self.slot_ewma[day][hour], *n as u32, p.slot_alpha, value);
+        self.slot_ewma[day][hour] =
+            ewma_step(self.slot_ewma[day][hour], *n as u32, p.slot_alpha, value);
         *n = n.saturating_add(1);
-        self.overall_ewma = ewma_step(self.overall_ewma, self.overall_buckets, p.overall_alpha, value);
+        self.overall_ewma = ewma_step(
+            self.overall_ewma,
+            self.overall_buckets,
+            p.overall_alpha,
+            value,
+        );
         self.overall_buckets = self.overall_buckets.saturating_add(1);
     }
 
@@ -265,7 +271,12 @@ impl RateSpike {
         let sql_filter = if spec.filter.categories.is_empty() {
             String::new()
         } else {
-            let names: Vec<String> = spec.filter.categories.iter().map(|c| sql_str(c.as_str())).collect();
+            let names: Vec<String> = spec
+                .filter
+                .categories
+                .iter()
+                .map(|c| sql_str(c.as_str()))
+                .collect();
             format!("category IN ({})", names.join(","))
         };
         Ok(RateSpike {
@@ -298,7 +309,9 @@ fn close(
             value = count.min(p.min_ratio * expected.max(1.0));
             let first_seen = epoch(state.first_seen.unwrap_or(open.start));
             if !cx.learning(first_seen, epoch(end)) {
-                out.push(finding(p, sql_filter, key, state, &open, expected, source, z, cx));
+                out.push(finding(
+                    p, sql_filter, key, state, &open, expected, source, z, cx,
+                ));
             }
         }
     }
@@ -325,7 +338,11 @@ fn finding(
         Some(app) => format!("{key} ({})", app.name),
         None => key.to_string(),
     };
-    let ratio = if expected > 0.0 { Some(open.count as f64 / expected) } else { None };
+    let ratio = if expected > 0.0 {
+        Some(open.count as f64 / expected)
+    } else {
+        None
+    };
     let versus = match ratio {
         Some(r) => format!("{r:.1}x the {expected:.1} expected"),
         None => "where none are expected".to_string(),
@@ -374,7 +391,10 @@ fn finding(
 
 impl Detector for RateSpike {
     fn observe(&mut self, event: &NormalizedEvent, cx: &Context<'_>, out: &mut Vec<Finding>) {
-        let key = event.identity.as_ref().map_or("anonymous", |i| i.key.as_str());
+        let key = event
+            .identity
+            .as_ref()
+            .map_or("anonymous", |i| i.key.as_str());
         let app_id = event.identity.as_ref().and_then(|i| i.app_id.as_deref());
         let t = event.time.timestamp();
         let bucket = self.p.bucket_secs as i64;
@@ -575,12 +595,16 @@ apps:
 
         /// Findings left after the engine's suppression (per identity and variant).
         fn alerts(&self) -> Vec<&Finding> {
-            let mut last: std::collections::HashMap<(String, &str), DateTime<Utc>> = Default::default();
+            let mut last: std::collections::HashMap<(String, &str), DateTime<Utc>> =
+                Default::default();
             let suppression = Duration::seconds(self.spec.suppression_secs as i64);
             let mut out = Vec::new();
             for f in &self.findings {
                 let k = (f.identity.clone(), f.variant);
-                if last.get(&k).is_some_and(|t| f.window_end < *t + suppression) {
+                if last
+                    .get(&k)
+                    .is_some_and(|t| f.window_end < *t + suppression)
+                {
                     continue;
                 }
                 last.insert(k, f.window_end);
@@ -610,7 +634,13 @@ apps:
     }
 
     /// Per-minute Poisson traffic shaped by `diurnal`, fed in time order.
-    fn simulate(driver: &mut Driver, sims: &[Sim], from: DateTime<Utc>, to: DateTime<Utc>, seed: u64) {
+    fn simulate(
+        driver: &mut Driver,
+        sims: &[Sim],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        seed: u64,
+    ) {
         let mut rng = Rng::new(seed);
         let mut t0 = from;
         let mut minute = Vec::new();
@@ -643,20 +673,35 @@ apps:
         }
     }
 
-    fn week_of(driver: &mut Driver, burst_app: Option<&'static str>) -> DateTime<Utc> {
-        // Seven days from Monday, then the next Monday (after a quiet weekend) until 18:00.
+    /// Four apps from 20 to 3000 calls an hour at peak, `from` until 18:00 on the Monday
+    /// a week after 2026-11-23; `burst_app` bursts that Monday at 14:00.
+    fn traffic(
+        driver: &mut Driver,
+        from: DateTime<Utc>,
+        burst_app: Option<&'static str>,
+    ) -> DateTime<Utc> {
         let burst = monday() + Duration::days(7) + Duration::hours(14);
-        let sims: Vec<Sim> = [("sales-bot", 200.0), ("ops-sync", 20.0), ("data-export", 1000.0), ("hr-digest", 3000.0)]
-            .into_iter()
-            .map(|(app, peak_per_hour)| Sim {
-                app,
-                peak_per_hour,
-                burst: (burst_app == Some(app)).then_some(burst),
-            })
-            .collect();
-        simulate(driver, &sims, monday(), burst + Duration::hours(4), 11);
+        let sims: Vec<Sim> = [
+            ("sales-bot", 200.0),
+            ("ops-sync", 20.0),
+            ("data-export", 1000.0),
+            ("hr-digest", 3000.0),
+        ]
+        .into_iter()
+        .map(|(app, peak_per_hour)| Sim {
+            app,
+            peak_per_hour,
+            burst: (burst_app == Some(app)).then_some(burst),
+        })
+        .collect();
+        simulate(driver, &sims, from, burst + Duration::hours(4), 11);
         driver.finish();
         burst
+    }
+
+    /// Seven days from Monday, then the next Monday (after a quiet weekend) until 18:00.
+    fn week_of(driver: &mut Driver, burst_app: Option<&'static str>) -> DateTime<Utc> {
+        traffic(driver, monday(), burst_app)
     }
 
     #[test]
@@ -678,7 +723,11 @@ apps:
         assert!(!driver.findings.is_empty(), "the burst was not found");
         for f in &driver.findings {
             assert_eq!(f.identity, "app:sales-bot", "{}", f.summary);
-            assert!(f.window_start >= burst && f.window_end <= burst + Duration::minutes(15), "{}", f.summary);
+            assert!(
+                f.window_start >= burst && f.window_end <= burst + Duration::minutes(15),
+                "{}",
+                f.summary
+            );
             assert_eq!(f.variant, "spike");
         }
         // At most one finding per bucket; the engine's suppression leaves exactly one alert.
@@ -699,9 +748,21 @@ apps:
         assert!(f.evidence.details["z"].as_f64().unwrap() >= 6.0);
         assert!(f.score > 50.0 && f.score <= 100.0, "{}", f.score);
         assert!(!f.evidence.samples.is_empty() && f.evidence.samples.len() <= 5);
-        assert!(f.summary.contains("app:sales-bot (Sales bot)"), "{}", f.summary);
-        assert!(f.summary.contains("weekday 14:00-15:00 UTC"), "{}", f.summary);
-        assert!(f.sql_filter.starts_with("category IN ('api_call'"), "{}", f.sql_filter);
+        assert!(
+            f.summary.contains("app:sales-bot (Sales bot)"),
+            "{}",
+            f.summary
+        );
+        assert!(
+            f.summary.contains("weekday 14:00-15:00 UTC"),
+            "{}",
+            f.summary
+        );
+        assert!(
+            f.sql_filter.starts_with("category IN ('api_call'"),
+            "{}",
+            f.sql_filter
+        );
     }
 
     #[test]
@@ -712,9 +773,22 @@ apps:
         assert!(summaries.is_empty(), "{summaries:#?}");
         // Even a detector twice as sensitive on the ratio stays quiet: the margin is real.
         let mut tight = spec();
-        tight.params.insert("min_ratio".into(), toml::Value::Float(2.0));
+        tight
+            .params
+            .insert("min_ratio".into(), toml::Value::Float(2.0));
         let mut driver = Driver::new(tight);
         week_of(&mut driver, None);
+        let summaries: Vec<&str> = driver.findings.iter().map(|f| f.summary.as_str()).collect();
+        assert!(summaries.is_empty(), "{summaries:#?}");
+    }
+
+    #[test]
+    fn rate_spike_quiet_when_first_seen_on_a_weekend() {
+        // Learning ends on Sunday; Monday's weekday hours were never seen, so the
+        // fallback (the busiest hour seen, a weekend one) must not flag the workday.
+        let mut driver = Driver::new(spec());
+        let saturday = monday() + Duration::days(5);
+        traffic(&mut driver, saturday, None);
         let summaries: Vec<&str> = driver.findings.iter().map(|f| f.summary.as_str()).collect();
         assert!(summaries.is_empty(), "{summaries:#?}");
     }
@@ -739,7 +813,11 @@ apps:
             let mut times: Vec<i64> = (0..calls).map(|_| rng.below(300_000) as i64).collect();
             times.sort();
             for ms in times {
-                driver.feed(&event(t0 + Duration::milliseconds(ms), "ops-sync", Category::ApiCall));
+                driver.feed(&event(
+                    t0 + Duration::milliseconds(ms),
+                    "ops-sync",
+                    Category::ApiCall,
+                ));
             }
             t0 += Duration::minutes(5);
         }
@@ -755,7 +833,11 @@ apps:
         // The control: 40 calls pass every condition.
         let findings = low_volume(40);
         assert_eq!(findings.len(), 1, "{findings:?}");
-        assert!(findings[0].summary.contains("made 40 calls"), "{}", findings[0].summary);
+        assert!(
+            findings[0].summary.contains("made 40 calls"),
+            "{}",
+            findings[0].summary
+        );
     }
 
     #[test]
@@ -777,7 +859,8 @@ apps:
             }
         }
         events.sort_by_key(|e| e.time);
-        let split = events.partition_point(|e| e.time < start + Duration::days(3) + Duration::minutes(2));
+        let split =
+            events.partition_point(|e| e.time < start + Duration::days(3) + Duration::minutes(2));
         let run = |events: &[NormalizedEvent], restore_at: Option<usize>| -> Vec<String> {
             let mut driver = Driver::new(spec.clone());
             for (i, e) in events.iter().enumerate() {
@@ -829,7 +912,11 @@ apps:
             ..State::default()
         };
         for s in 0..(14 * 288) {
-            state.learn(&Params::default_for_test(), t.timestamp() + s * 300, 123.456);
+            state.learn(
+                &Params::default_for_test(),
+                t.timestamp() + s * 300,
+                123.456,
+            );
         }
         state.last_closed = Some(t.timestamp());
         let bytes = serde_json::to_string(&state).unwrap().len();
@@ -837,9 +924,13 @@ apps:
         assert!(bytes < 2048, "{bytes}");
         // A gap of years is replayed as at most a week of empty buckets.
         let before = state.overall_buckets;
-        state.learn_gap(&Params::default_for_test(), t.timestamp() + 5 * 365 * 86_400);
+        state.learn_gap(
+            &Params::default_for_test(),
+            t.timestamp() + 5 * 365 * 86_400,
+        );
         assert_eq!(state.overall_buckets - before, 2016);
-        assert!(state.slot_ewma.iter().flatten().all(|&x| x < 1.0));
+        // Every slot decayed: weekday slots by 60 empty buckets, weekend slots by 24.
+        assert!(state.slot_ewma.iter().flatten().all(|&x| x < 50.0));
         let tracked = detector.tracked();
         assert_eq!(detector.evict_idle(t + Duration::days(1)), tracked);
         assert_eq!(detector.tracked(), 0);
@@ -854,13 +945,16 @@ apps:
     #[test]
     fn rate_spike_refuses_bad_params() {
         let mut bad = spec();
-        bad.params.insert("bucket_secs".into(), toml::Value::Integer(7));
+        bad.params
+            .insert("bucket_secs".into(), toml::Value::Integer(7));
         assert_eq!(build(&bad, 10).err().unwrap().key, "params.bucket_secs");
         let mut bad = spec();
-        bad.params.insert("min_ratio".into(), toml::Value::Float(0.5));
+        bad.params
+            .insert("min_ratio".into(), toml::Value::Float(0.5));
         assert_eq!(build(&bad, 10).err().unwrap().key, "params.min_ratio");
         let mut bad = spec();
-        bad.params.insert("bukcet_secs".into(), toml::Value::Integer(300));
+        bad.params
+            .insert("bukcet_secs".into(), toml::Value::Integer(300));
         let e = build(&bad, 10).err().unwrap();
         assert!(e.to_string().contains("bukcet_secs"), "{e}");
     }
