@@ -30,6 +30,7 @@ fn settings(shards: usize) -> EngineSettings {
         allowed_lateness_secs: 120,
         idle_eviction_secs: 14 * 86_400,
         max_identities_per_shard: 1_000_000,
+        max_source_skew_secs: 3600,
     }
 }
 

@@ -103,6 +103,11 @@ impl Daemon {
         self.source.progress()
     }
 
+    /// Counters of the detection engine.
+    pub fn engine_stats(&self) -> Arc<crate::detect::engine::EngineStats> {
+        self.engine.stats().clone()
+    }
+
     pub fn registry(&self) -> RegistryHandle {
         self.registry.clone()
     }

@@ -198,6 +198,15 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     settings.state.snapshot_interval_secs = 5;
     // The demo runs on the detectors built into the binary, wherever it is started.
     settings.detect.detectors_dir = PathBuf::new();
+    // Simulated time runs thousands of times faster than the clock here, so a few
+    // milliseconds of skew between partitions are minutes of event time.
+    settings.detect.allowed_lateness_secs = 600;
+    settings.detect.max_source_skew_secs = 6 * 3600;
+    // Small fetches interleave the partitions finely, as a live stream would.
+    settings
+        .kafka
+        .consumer_properties
+        .insert("max.partition.fetch.bytes".into(), "65536".into());
     settings
         .validate()
         .map_err(|(key, message)| DemoError::Options(format!("{key}: {message}")))?;
@@ -214,6 +223,7 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
 
     let stats = Arc::new(Stats::default());
     let daemon = Daemon::build(&settings, stats.clone())?;
+    let engine_stats = daemon.engine_stats();
     let shutdown = CancellationToken::new();
     let daemon_task = tokio::spawn(daemon.run(shutdown.clone()));
 
@@ -269,6 +279,13 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     drop(cluster);
 
     print_report(&stats, &events_path)?;
+    println!(
+        "detectors: {} events, {} late (skipped by windowed detectors), {} alerts, {} suppressed repeats",
+        engine_stats.events.load(Ordering::Relaxed),
+        engine_stats.late_events.load(Ordering::Relaxed),
+        engine_stats.alerts.load(Ordering::Relaxed),
+        engine_stats.suppressed.load(Ordering::Relaxed),
+    );
     print_alerts(&world, &alerts_path);
     println!("\noutputs in {}:", out.display());
     for (path, what) in [

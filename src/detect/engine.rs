@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use super::alert::Alert;
 use super::spec::{DetectorSpec, SpecError, load_dir};
 use super::{Context, Detector, kinds};
-use crate::event::NormalizedEvent;
+use crate::event::{NormalizedEvent, Origin};
 use crate::identity::Registry;
 
 /// Engine settings (the `[detect]` section).
@@ -38,6 +38,16 @@ pub struct EngineSettings {
     pub idle_eviction_secs: u64,
     /// Most identities one detector tracks in one shard.
     pub max_identities_per_shard: usize,
+    /// The watermark follows the slowest input partition (as Kafka Streams and Flink
+    /// do), so a partition read ahead of the others makes nobody's events late. A
+    /// partition whose newest event is this far behind the newest of all counts as
+    /// idle and no longer holds the watermark back.
+    #[serde(default = "default_max_source_skew_secs")]
+    pub max_source_skew_secs: u64,
+}
+
+fn default_max_source_skew_secs() -> u64 {
+    3600
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +96,12 @@ pub struct EngineStats {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineState {
     pub max_time: Option<DateTime<Utc>>,
+    /// Newest event time per input source (topic/partition or file).
+    #[serde(default)]
+    pub sources: Vec<(String, DateTime<Utc>)>,
+    /// The watermark when the state was saved.
+    #[serde(default)]
+    pub watermark: Option<DateTime<Utc>>,
     /// detector name → identity key → state.
     pub detectors: BTreeMap<String, Vec<(String, serde_json::Value)>>,
     /// (detector, identity, variant) → time of the last alert.
@@ -286,8 +302,36 @@ pub struct Engine {
     shards: Vec<mpsc::Sender<ShardMsg>>,
     threads: Vec<JoinHandle<()>>,
     lateness: Duration,
+    max_source_skew: Duration,
     max_time: Option<DateTime<Utc>>,
+    /// Newest event time per input source; the watermark follows the slowest active one.
+    sources: Vec<(String, DateTime<Utc>)>,
+    /// Never moves back.
+    watermark: Option<DateTime<Utc>>,
     stats: Arc<EngineStats>,
+}
+
+/// The input source of an event, written as `topic/partition` or the file path.
+fn source_matches(key: &str, origin: Option<&Origin>) -> bool {
+    match origin {
+        Some(Origin::Kafka {
+            topic, partition, ..
+        }) => key
+            .rsplit_once('/')
+            .is_some_and(|(t, p)| t == topic && p.parse::<i32>().ok() == Some(*partition)),
+        Some(Origin::File { path, .. }) => key == path,
+        None => key.is_empty(),
+    }
+}
+
+fn source_key(origin: Option<&Origin>) -> String {
+    match origin {
+        Some(Origin::Kafka {
+            topic, partition, ..
+        }) => format!("{topic}/{partition}"),
+        Some(Origin::File { path, .. }) => path.clone(),
+        None => String::new(),
+    }
 }
 
 impl Engine {
@@ -348,7 +392,10 @@ impl Engine {
             shards,
             threads,
             lateness: Duration::seconds(settings.allowed_lateness_secs as i64),
+            max_source_skew: Duration::seconds(settings.max_source_skew_secs as i64),
             max_time: None,
+            sources: Vec::new(),
+            watermark: None,
             stats,
         })
     }
@@ -361,9 +408,40 @@ impl Engine {
         &self.stats
     }
 
-    /// The current watermark: newest event time minus the allowed lateness.
+    /// The current watermark: the newest event time of the slowest active source,
+    /// minus the allowed lateness.
     pub fn watermark(&self) -> Option<DateTime<Utc>> {
-        self.max_time.map(|t| t - self.lateness)
+        self.watermark
+    }
+
+    /// Notes an event's time for its source and moves the watermark (never back).
+    fn observe_time(&mut self, event: &NormalizedEvent) {
+        if self.max_time.is_none_or(|m| event.time > m) {
+            self.max_time = Some(event.time);
+        }
+        let origin = event.origin.as_ref();
+        match self
+            .sources
+            .iter_mut()
+            .find(|(k, _)| source_matches(k, origin))
+        {
+            Some((_, newest)) if event.time > *newest => *newest = event.time,
+            Some(_) => {}
+            None => self.sources.push((source_key(origin), event.time)),
+        }
+        let Some(max) = self.max_time else { return };
+        let floor = max - self.max_source_skew;
+        let slowest = self
+            .sources
+            .iter()
+            .map(|(_, t)| *t)
+            .filter(|t| *t >= floor)
+            .min()
+            .unwrap_or(max);
+        let mark = slowest - self.lateness;
+        if self.watermark.is_none_or(|w| mark > w) {
+            self.watermark = Some(mark);
+        }
     }
 
     /// Runs a batch of events through the detectors; alerts come back sorted by
@@ -395,9 +473,7 @@ impl Engine {
         let mut per_shard: Vec<Vec<(Arc<NormalizedEvent>, DateTime<Utc>)>> = vec![Vec::new(); n];
         for event in events {
             self.stats.events.fetch_add(1, Ordering::Relaxed);
-            if self.max_time.is_none_or(|m| event.time > m) {
-                self.max_time = Some(event.time);
-            }
+            self.observe_time(event);
             let mark = self.watermark().unwrap_or(event.time);
             if event.time < mark {
                 self.stats.late_events.fetch_add(1, Ordering::Relaxed);
@@ -452,6 +528,8 @@ impl Engine {
     pub async fn save(&self) -> Result<EngineState, EngineError> {
         let mut merged = EngineState {
             max_time: self.max_time,
+            sources: self.sources.clone(),
+            watermark: self.watermark,
             ..EngineState::default()
         };
         for shard in &self.shards {
@@ -477,7 +555,10 @@ impl Engine {
     /// Restores a saved state, re-sharding identities for this engine's shard count.
     pub async fn load(&mut self, state: EngineState) -> Result<(), EngineError> {
         let n = self.shards.len();
-        let watermark = state.max_time.map(|t| t - self.lateness);
+        self.sources = state.sources.clone();
+        let watermark = state
+            .watermark
+            .or_else(|| state.max_time.map(|t| t - self.lateness));
         let mut per_shard: Vec<EngineState> = (0..n)
             .map(|_| EngineState {
                 max_time: watermark,
@@ -506,6 +587,7 @@ impl Engine {
                 .map_err(EngineError::Snapshot)?;
         }
         self.max_time = state.max_time;
+        self.watermark = watermark;
         Ok(())
     }
 }

@@ -143,3 +143,60 @@ fn check_config_prints_settings_or_names_the_bad_key() {
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("brokerz"));
 }
+
+#[test]
+fn replay_twice_gives_byte_identical_alerts() {
+    use appwarden::generator::{World, WorldConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = World::new(WorldConfig {
+        apps: 12,
+        hours: 48,
+        ..WorldConfig::default()
+    });
+    let registry = dir.path().join("registry.yaml");
+    std::fs::write(&registry, world.registry_yaml()).expect("registry");
+    let traffic = dir.path().join("traffic.log");
+    let mut text = Vec::new();
+    for record in world.records() {
+        text.extend_from_slice(&record.payload);
+        text.push(b'\n');
+    }
+    std::fs::write(&traffic, text).expect("traffic");
+    let replay = |name: &str| {
+        let alerts = dir.path().join(name);
+        let output = appwarden()
+            .env("APPWARDEN__REGISTRY__PATH", &registry)
+            .arg("replay")
+            .arg("--alerts-out")
+            .arg(&alerts)
+            .arg("--dead-letter-out")
+            .arg(dir.path().join(format!("{name}.dead")))
+            .arg(&traffic)
+            .output()
+            .expect("appwarden runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::read(&alerts).expect("alerts written")
+    };
+    let first = replay("a.ndjson");
+    let second = replay("b.ndjson");
+    assert!(!first.is_empty(), "the injected incidents raise alerts");
+    assert_eq!(first, second, "replays differ");
+    let detectors: std::collections::BTreeSet<String> = String::from_utf8_lossy(&first)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|a| a["detector"].as_str().map(str::to_string))
+        .collect();
+    for kind in [
+        "call_spike",
+        "mass_secret_read",
+        "unregistered_identity",
+        "new_egress_domain",
+        "off_region_token",
+    ] {
+        assert!(detectors.contains(kind), "no {kind} alert in {detectors:?}");
+    }
+}

@@ -169,23 +169,27 @@ fn harness(
     }
 }
 
-/// Produces records; returns (topic, partition, offset) of each, in order.
+/// Produces records (batched, in order per partition); returns (topic, partition, offset) of each.
 async fn produce(brokers: &str, records: &[(String, Vec<u8>)]) -> Vec<(String, i32, i64)> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
         .create()
         .expect("producer");
-    let mut coordinates = Vec::new();
+    let mut deliveries = Vec::with_capacity(records.len());
     for (i, (topic, payload)) in records.iter().enumerate() {
-        let key = format!("k{}", i % 3);
+        let key = format!("k{}", i % 16);
         let delivery = producer
-            .send(
-                FutureRecord::to(topic).key(&key).payload(payload),
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("produced");
-        coordinates.push((topic.clone(), delivery.partition, delivery.offset));
+            .send_result(FutureRecord::to(topic).key(&key).payload(payload))
+            .map_err(|(e, _)| e)
+            .expect("enqueued");
+        deliveries.push((topic.clone(), delivery));
+    }
+    let mut coordinates = Vec::with_capacity(records.len());
+    for (topic, delivery) in deliveries {
+        let delivered = delivery.await.expect("not cancelled").expect("produced");
+        coordinates.push((topic, delivered.partition, delivered.offset));
     }
     coordinates
 }
@@ -207,13 +211,18 @@ async fn run_daemon_until(settings: &Settings, expected: u64) -> Arc<Stats> {
     let progress = daemon.progress();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon.run(shutdown.clone()));
-    let done = wait_until(Duration::from_secs(30), || {
-        stats.snapshot().records >= expected
-            && progress
-                .ever_assigned
-                .load(std::sync::atomic::Ordering::Relaxed)
+    let done = wait_until(Duration::from_secs(90), || {
+        task.is_finished()
+            || stats.snapshot().records >= expected
+                && progress
+                    .ever_assigned
+                    .load(std::sync::atomic::Ordering::Relaxed)
     })
     .await;
+    if task.is_finished() {
+        let result = task.await.expect("daemon task");
+        panic!("daemon stopped early: {result:?}");
+    }
     assert!(
         done,
         "daemon processed {} of {expected} records",
@@ -446,4 +455,64 @@ async fn generated_traffic_resolves_to_registered_apps() {
             "no {product} events"
         );
     }
+}
+
+/// Stop the daemon after a day and a half of traffic, restart it from its
+/// snapshot, and feed the rest: the restored baselines still know every app's
+/// usual domains (no first-seen flood) and are past learning (the one new
+/// domain alerts at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_restores_baselines_without_a_first_seen_flood() {
+    use appwarden::generator::{RecordWriter, World, WorldConfig};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let mut h = harness(&brokers, &cluster);
+    // Small enough that no partition outgrows the mock cluster's log retention.
+    let world = World::new(WorldConfig {
+        apps: 8,
+        hours: 48,
+        rate_scale: 0.5,
+        malformed_ratio: 0.0,
+        incidents: false,
+        ..WorldConfig::default()
+    });
+    std::fs::write(&h.settings.registry.path, world.registry_yaml()).expect("registry");
+    h.settings.output.events_topic = String::new();
+    let records = world.records();
+    let cut = records
+        .iter()
+        .position(|r| r.time >= world.config.start + chrono::Duration::hours(36))
+        .expect("cut point");
+    let to_kafka = |slice: &[appwarden::generator::GeneratedRecord]| -> Vec<(String, Vec<u8>)> {
+        slice
+            .iter()
+            .map(|r| (h.topic_names[r.family.as_str()].clone(), r.payload.clone()))
+            .collect()
+    };
+    produce(&brokers, &to_kafka(&records[..cut])).await;
+    run_daemon_until(&h.settings, cut as u64).await;
+    let snapshot = std::path::Path::new(&h.settings.state.snapshot_path);
+    assert!(snapshot.is_file(), "a snapshot is written at shutdown");
+    let alerts_before: Vec<serde_json::Value> = read_lines(Path::new(&h.settings.alerts.file));
+
+    let app = &world.apps[5];
+    let last = records.last().expect("records").time;
+    let mut writer = RecordWriter::new(99);
+    let mut rest = to_kafka(&records[cut..]);
+    let exfil = writer.gateway_call(app, last, "paste.exfil-drop.net", &app.consumer, &app.ip);
+    rest.push((h.topic_names["gateway"].clone(), exfil.payload));
+    produce(&brokers, &rest).await;
+    run_daemon_until(&h.settings, rest.len() as u64).await;
+
+    let alerts: Vec<serde_json::Value> = read_lines(Path::new(&h.settings.alerts.file));
+    let new: Vec<&serde_json::Value> = alerts[alerts_before.len()..].iter().collect();
+    let summary: Vec<String> = new
+        .iter()
+        .map(|a| format!("{} {}", a["detector"], a["identity"]))
+        .collect();
+    assert_eq!(
+        summary,
+        [format!("\"new_egress_domain\" \"app:{}\"", app.id)],
+        "after the restart only the new domain alerts"
+    );
 }
