@@ -606,6 +606,78 @@ impl Drop for Engine {
 mod tests {
     use super::*;
 
+    use crate::event::{Category, Product};
+    use chrono::TimeZone;
+
+    fn settings() -> EngineSettings {
+        EngineSettings {
+            detectors_dir: PathBuf::new(),
+            shards: 2,
+            allowed_lateness_secs: 60,
+            idle_eviction_secs: 86_400,
+            max_identities_per_shard: 1000,
+            max_source_skew_secs: 3600,
+        }
+    }
+
+    fn event(minute: i64, topic: &str, partition: i32) -> Arc<NormalizedEvent> {
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        let mut e = NormalizedEvent::new(
+            t0 + Duration::minutes(minute),
+            Product::Kong,
+            Category::EgressRequest,
+            "GET",
+        );
+        e.origin = Some(Origin::Kafka {
+            topic: topic.into(),
+            partition,
+            offset: minute,
+        });
+        Arc::new(e)
+    }
+
+    #[tokio::test]
+    async fn watermark_follows_the_slowest_partition_and_counts_late_events() {
+        let registry = Arc::new(Registry::default());
+        let mut engine = Engine::start(&settings()).unwrap();
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        // Partition 0 runs 30 minutes ahead of partition 1: nobody is late.
+        engine
+            .process(
+                &[
+                    event(0, "a", 0),
+                    event(0, "a", 1),
+                    event(30, "a", 0),
+                    event(1, "a", 1),
+                ],
+                &registry,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.watermark(),
+            Some(t0 + Duration::minutes(1) - Duration::seconds(60))
+        );
+        assert_eq!(engine.stats().late_events.load(Ordering::Relaxed), 0);
+        // Partition 1 falls more than max_source_skew behind: it no longer holds the watermark.
+        engine
+            .process(&[event(120, "a", 0)], &registry)
+            .await
+            .unwrap();
+        assert_eq!(engine.watermark(), Some(t0 + Duration::minutes(119)));
+        // An event older than the watermark is late, and counted.
+        engine
+            .process(&[event(2, "a", 1)], &registry)
+            .await
+            .unwrap();
+        assert_eq!(engine.stats().late_events.load(Ordering::Relaxed), 1);
+        // The watermark never moves back, and survives a save/load.
+        let saved = engine.save().await.unwrap();
+        let mut restored = Engine::start(&settings()).unwrap();
+        restored.load(saved).await.unwrap();
+        assert_eq!(restored.watermark(), engine.watermark());
+    }
+
     #[test]
     fn routing_is_stable() {
         assert_eq!(

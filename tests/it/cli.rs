@@ -200,3 +200,40 @@ fn replay_twice_gives_byte_identical_alerts() {
         assert!(detectors.contains(kind), "no {kind} alert in {detectors:?}");
     }
 }
+
+#[test]
+fn check_config_names_the_detector_file_and_key_at_fault() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/detectors/call_spike.toml");
+    let text = std::fs::read_to_string(shipped).expect("default detector");
+    std::fs::write(dir.path().join("call_spike.toml"), &text).expect("write");
+    // A second instance of the same kind, with a parameter out of range.
+    let tuned = text
+        .replace("name = \"call_spike\"", "name = \"call_spike_strict\"")
+        .replace("min_ratio = 4.0", "min_ratio = 0.5");
+    std::fs::write(dir.path().join("strict.toml"), tuned).expect("write");
+    let output = appwarden()
+        .arg("check-config")
+        .env("APPWARDEN__DETECT__DETECTORS_DIR", dir.path())
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("strict.toml") && stderr.contains("params.min_ratio"),
+        "{stderr}"
+    );
+
+    std::fs::remove_file(dir.path().join("strict.toml")).expect("remove");
+    let output = appwarden()
+        .arg("check-config")
+        .env("APPWARDEN__DETECT__DETECTORS_DIR", dir.path())
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("# detectors from"));
+}
