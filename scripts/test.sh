@@ -18,6 +18,17 @@ if ! pkg-config --exists openssl 2>/dev/null; then
     exit 1
   fi
 fi
+
+# The email sink's tests deliver to a real SMTP server: aiosmtpd, run as a child
+# process by the tests. Install it for this user when it is not importable yet.
+if ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
+  echo "== installing aiosmtpd (the SMTP server the email sink tests deliver to)"
+  if ! python3 -m pip install --quiet --user aiosmtpd || ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
+    echo "error: cannot install the Python package aiosmtpd (needed by the email sink tests);" >&2
+    echo "       install it by hand: python3 -m pip install --user aiosmtpd" >&2
+    exit 1
+  fi
+fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== cargo fmt --check"

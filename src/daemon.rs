@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::deliver::worker::{DeliverError, DeliverSettings, Delivery};
 use crate::detect::Engine;
 use crate::detect::engine::EngineError;
 use crate::identity::{RegistryError, RegistryHandle, RegistryReloader};
@@ -27,6 +28,8 @@ pub enum DaemonError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
 }
 
 /// Builds the outputs the settings ask for. `kafka` is false for `replay`, which never produces.
@@ -69,6 +72,7 @@ pub struct Daemon {
     source: KafkaSource,
     engine: Engine,
     snapshots: Option<SnapshotPolicy>,
+    deliver: DeliverSettings,
 }
 
 impl Daemon {
@@ -79,7 +83,8 @@ impl Daemon {
             registry.clone(),
             settings.registry.issued_credentials_max,
             stats,
-        );
+        )
+        .with_max_future(settings.input.max_future_secs);
         let outputs = build_outputs(settings, true)?;
         let source = KafkaSource::new(&settings.kafka)?;
         let engine = Engine::start(&settings.detect)?;
@@ -88,6 +93,7 @@ impl Daemon {
             interval: Duration::from_secs(settings.state.snapshot_interval_secs),
         });
         Ok(Daemon {
+            deliver: settings.deliver.clone(),
             engine,
             snapshots,
             reloader,
@@ -122,14 +128,23 @@ impl Daemon {
             source,
             mut engine,
             snapshots,
+            deliver,
             ..
         } = self;
         let reload = tokio::spawn(reloader.run(reload_interval, shutdown.child_token()));
+        let mut delivery = match Delivery::start(&deliver) {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                shutdown.cancel();
+                return Err(DaemonError::Deliver(error));
+            }
+        };
         let result = source
             .run(
                 &mut pipeline,
                 &mut outputs,
                 &mut engine,
+                &mut delivery,
                 snapshots,
                 shutdown.clone(),
             )
@@ -137,6 +152,10 @@ impl Daemon {
         // A source that failed must not leave the reloader running.
         shutdown.cancel();
         outputs.close(Duration::from_secs(10));
+        // Sink workers stop with the daemon; what they have not delivered stays in the outbox.
+        delivery
+            .stop(Duration::from_secs(deliver.drain_on_shutdown_secs))
+            .await;
         if let Err(error) = reload.await {
             tracing::warn!(%error, "registry reloader ended abnormally");
         }

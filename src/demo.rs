@@ -23,6 +23,12 @@ use crate::telemetry::Stats;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
+    /// Deliver alerts to this webhook too (signed with the key in `<out>/webhook.key`).
+    pub webhook_url: Option<String>,
+    /// Deliver alerts by email through this SMTP server (`host:port`, no TLS: a local relay).
+    pub smtp: Option<String>,
+    /// The SOC address for demo email.
+    pub email_to: String,
     pub duration_secs: u64,
     pub hours: u32,
     pub apps: usize,
@@ -144,6 +150,67 @@ fn live_line(elapsed: Duration, produced: u64, stats: &Stats) -> String {
     )
 }
 
+/// The sinks the demo was pointed at: a signed webhook and/or an SMTP relay.
+fn demo_sinks(
+    options: &DemoOptions,
+    out: &Path,
+) -> Result<Vec<crate::deliver::SinkSettings>, DemoError> {
+    use crate::deliver::{SinkKind, SinkSettings, SmtpSecurity};
+    use crate::detect::Severity;
+    use crate::settings::SecretRef;
+    let mut sinks = Vec::new();
+    if let Some(url) = &options.webhook_url {
+        let key_path = out.join("webhook.key");
+        if !key_path.exists() {
+            std::fs::write(&key_path, "appwarden-demo-signing-key\n").map_err(io_err(&key_path))?;
+        }
+        println!(
+            "alerts will be POSTed to {url}, signed with the key in {}",
+            key_path.display()
+        );
+        sinks.push(SinkSettings {
+            name: "demo-webhook".into(),
+            min_severity: Severity::Low,
+            timeout_secs: 5,
+            max_in_flight: 4,
+            kind: SinkKind::Webhook {
+                url: url.clone(),
+                signing_key: SecretRef {
+                    env: None,
+                    file: Some(key_path),
+                },
+            },
+        });
+    }
+    if let Some(smtp) = &options.smtp {
+        let (host, port) = smtp
+            .rsplit_once(':')
+            .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
+            .ok_or_else(|| DemoError::Options(format!("--smtp {smtp}: expected host:port")))?;
+        println!(
+            "alerts will be mailed to {} through {host}:{port}",
+            options.email_to
+        );
+        sinks.push(SinkSettings {
+            name: "demo-email".into(),
+            min_severity: Severity::Low,
+            timeout_secs: 10,
+            max_in_flight: 2,
+            kind: SinkKind::Email {
+                host,
+                port,
+                security: SmtpSecurity::None,
+                username: None,
+                password: None,
+                from: "appwarden-demo@localhost".into(),
+                soc: vec![options.email_to.clone()],
+                notify_owners: false,
+            },
+        });
+    }
+    Ok(sinks)
+}
+
 pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     if options.duration_secs == 0 || options.hours == 0 || options.apps < 12 {
         return Err(DemoError::Options(
@@ -158,6 +225,10 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let incidents_path = out.join("incidents.json");
     let alerts_path = out.join("alerts.ndjson");
     let state_path = out.join("state.json");
+    let outbox_path = out.join("outbox");
+    if outbox_path.exists() {
+        std::fs::remove_dir_all(&outbox_path).map_err(io_err(&outbox_path))?;
+    }
     for stale in [&events_path, &dead_path, &alerts_path, &state_path] {
         if stale.exists() {
             std::fs::remove_file(stale).map_err(io_err(stale))?;
@@ -201,12 +272,16 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     // Simulated time runs thousands of times faster than the clock here, so a few
     // milliseconds of skew between partitions are minutes of event time.
     settings.detect.allowed_lateness_secs = 600;
+    // The generated days are fixed dates; they may lie ahead of the machine's clock.
+    settings.input.max_future_secs = 100 * 365 * 86_400;
     settings.detect.max_source_skew_secs = 6 * 3600;
     // Small fetches interleave the partitions finely, as a live stream would.
     settings
         .kafka
         .consumer_properties
         .insert("max.partition.fetch.bytes".into(), "65536".into());
+    settings.deliver.outbox_dir = outbox_path.display().to_string();
+    settings.deliver.sinks = demo_sinks(&options, out)?;
     settings
         .validate()
         .map_err(|(key, message)| DemoError::Options(format!("{key}: {message}")))?;
@@ -287,6 +362,12 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         engine_stats.suppressed.load(Ordering::Relaxed),
     );
     print_alerts(&world, &alerts_path);
+    if options.webhook_url.is_none() && options.smtp.is_none() {
+        println!(
+            "\nno --webhook-url or --smtp given: alerts were written to the local file sink {} only",
+            alerts_path.display()
+        );
+    }
     println!("\noutputs in {}:", out.display());
     for (path, what) in [
         (&registry_path, "the generated micro-app registry"),

@@ -15,12 +15,14 @@
 //! - [`source`]: Kafka consumer (at-least-once) and file reader (replay) feeding the pipeline.
 //! - [`sinks`]: outputs for events and dead letters (Kafka topics, NDJSON files).
 //! - [`state`]: snapshots of detector and identity state, consistent with input offsets.
+//! - [`deliver`]: alert sinks (webhook, Slack, PagerDuty, email, kill switch) fed by the outbox.
 //! - [`daemon`]: wires settings into registry, pipeline, sinks and the Kafka source.
 //! - [`generator`]: seeded traffic of micro-apps in vendor formats, with injected incidents (demo, tests, benches).
 //! - [`demo`]: the daemon on an embedded Kafka with generated traffic (`appwarden demo`).
 
 pub mod daemon;
 pub mod decode;
+pub mod deliver;
 pub mod demo;
 pub mod detect;
 pub mod event;

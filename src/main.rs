@@ -83,6 +83,15 @@ enum Command {
         /// Folder for the demo's outputs (registry, events, dead letters, incidents).
         #[arg(long, default_value = "appwarden-demo")]
         out: PathBuf,
+        /// Also POST every alert to this webhook (HMAC-signed with the key in OUT/webhook.key).
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// Also email every alert through this SMTP relay, `host:port` (plain SMTP: a local relay).
+        #[arg(long)]
+        smtp: Option<String>,
+        /// Recipient of the demo's email.
+        #[arg(long, default_value = "soc@example.com")]
+        email_to: String,
     },
     /// Print the effective settings (secrets shown only as references) and check
     /// the registry; exit non-zero with the offending key on error.
@@ -182,7 +191,8 @@ async fn replay(
         registry,
         settings.registry.issued_credentials_max,
         stats.clone(),
-    );
+    )
+    .with_max_future(settings.input.max_future_secs);
     let mut outputs = build_outputs(&settings, false)?;
     if let Some(path) = events_out {
         outputs.events_file = Some(NdjsonWriter::open(path)?);
@@ -285,10 +295,16 @@ fn main() -> ExitCode {
                 apps,
                 seed,
                 out,
+                webhook_url,
+                smtp,
+                email_to,
             } => {
                 // Dead letters are expected in the demo (it injects bad records) and reported in its summary.
                 init_logging(LogFormat::Pretty, "warn,appwarden::pipeline=error");
                 demo::run(DemoOptions {
+                    webhook_url,
+                    smtp,
+                    email_to,
                     duration_secs: duration,
                     hours,
                     apps,

@@ -37,9 +37,16 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     fn new(error: &DecodeError, format: Format, origin: Origin, payload: &[u8]) -> Self {
+        // Text with control characters would grow up to six-fold when JSON-escaped;
+        // base64 keeps every dead letter within a third of its record's size.
+        let printable = |text: &str| {
+            !text
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        };
         let (text, b64) = match std::str::from_utf8(payload) {
-            Ok(text) => (Some(text.to_string()), None),
-            Err(_) => (
+            Ok(text) if printable(text) => (Some(text.to_string()), None),
+            _ => (
                 None,
                 Some(base64::engine::general_purpose::STANDARD.encode(payload)),
             ),
@@ -72,9 +79,18 @@ pub struct Pipeline {
     resolver: Resolver,
     stats: Arc<Stats>,
     warn: RateLimitedLog,
+    max_future: chrono::Duration,
 }
 
 impl Pipeline {
+    /// Events dated further ahead of the clock than `max_future_secs` are dead-lettered
+    /// (`bad_time`): one bad clock must not drag every detector's watermark into the future.
+    pub fn with_max_future(mut self, max_future_secs: u64) -> Self {
+        self.max_future =
+            chrono::Duration::seconds(max_future_secs.min(i64::MAX as u64 / 2000) as i64);
+        self
+    }
+
     pub fn new(
         max_record_bytes: usize,
         registry: RegistryHandle,
@@ -87,6 +103,7 @@ impl Pipeline {
             resolver: Resolver::new(issued_credentials_max),
             stats,
             warn: RateLimitedLog::new(Duration::from_secs(10)),
+            max_future: chrono::Duration::days(1),
         }
     }
 
@@ -127,6 +144,27 @@ impl Pipeline {
         } else {
             decode::decode(format, payload, options, out)
         };
+        let observed = Utc::now();
+        let decoded = decoded.and_then(|()| {
+            match out[start..]
+                .iter()
+                .find(|e| e.time > observed + self.max_future)
+            {
+                Some(e) => {
+                    let error = DecodeError::BadTime {
+                        format,
+                        detail: format!(
+                            "event time {} is more than {} h ahead of the clock ({observed})",
+                            e.time,
+                            self.max_future.num_hours()
+                        ),
+                    };
+                    out.truncate(start);
+                    Err(error)
+                }
+                None => Ok(()),
+            }
+        });
         if let Err(error) = decoded {
             self.stats.decode_error(&error);
             self.stats.dead_letter();
@@ -148,7 +186,6 @@ impl Pipeline {
             return Ok(0);
         }
         let registry = self.registry.snapshot();
-        let observed = Utc::now();
         for event in &mut out[start..] {
             event.observed_time = observed;
             event.origin = Some(origin.clone());
@@ -220,6 +257,27 @@ mod tests {
         assert_eq!(out.len(), 1);
         let snap = p.stats().snapshot();
         assert_eq!((snap.records, snap.events, snap.dead_letters), (3, 1, 2));
+    }
+
+    #[test]
+    fn far_future_events_and_control_characters() {
+        let mut p = pipeline(4096).with_max_future(3600);
+        let opts = DecodeOptions::default();
+        let mut out = Vec::new();
+        let future =
+            br#"{"time":"2999-01-01T00:00:00Z","category":"api_call","principal":"bot-consumer"}"#;
+        let dl = p
+            .process(Format::Generic, &opts, future, origin(1), &mut out)
+            .unwrap_err();
+        assert_eq!(dl.reason, "bad_time");
+        assert!(dl.error.contains("ahead of the clock"), "{}", dl.error);
+        assert!(out.is_empty());
+        // Valid UTF-8 full of control characters is kept as base64, not escaped six-fold.
+        let controls = vec![0u8; 100];
+        let dl = p
+            .process(Format::Auto, &opts, &controls, origin(2), &mut out)
+            .unwrap_err();
+        assert!(dl.payload.is_none() && dl.payload_base64.is_some());
     }
 
     #[test]

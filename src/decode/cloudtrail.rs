@@ -641,11 +641,9 @@ mod tests {
 
     use super::*;
     use crate::decode::DecodeOptions;
+    use crate::decode::testing::{self, refs};
 
-    const DIR: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vendor/aws_cloudtrail"
-    );
+    const DIR: &str = "aws_cloudtrail";
 
     /// One sample line: where it came from, and the vendor record (`log`).
     #[derive(Deserialize)]
@@ -658,7 +656,7 @@ mod tests {
 
     /// `(file, source, record)` for every line of every sample file.
     fn samples() -> Vec<(String, String, String)> {
-        let mut paths: Vec<_> = std::fs::read_dir(DIR)
+        let mut paths: Vec<_> = std::fs::read_dir(testing::fixture(DIR))
             .expect("sample folder")
             .map(|entry| entry.expect("dir entry").path())
             .filter(|path| path.extension().is_some_and(|e| e == "ndjson"))
@@ -667,9 +665,8 @@ mod tests {
         let mut all = Vec::new();
         for path in paths {
             let file = path.file_name().unwrap().to_string_lossy().into_owned();
-            let body = std::fs::read_to_string(&path).expect("sample file");
-            for line in body.lines().filter(|l| !l.trim().is_empty()) {
-                let s: Sample<'_> = serde_json::from_str(line).expect("wrapper line");
+            for line in testing::lines(&format!("{DIR}/{file}")) {
+                let s: Sample<'_> = serde_json::from_str(&line).expect("wrapper line");
                 all.push((file.clone(), s.source.into_owned(), s.log.get().to_string()));
             }
         }
@@ -686,19 +683,7 @@ mod tests {
     }
 
     fn one(record: &str) -> NormalizedEvent {
-        let mut out = Vec::new();
-        decode(record.as_bytes(), &mut out).expect("decodes");
-        assert_eq!(out.len(), 1);
-        out.pop().unwrap()
-    }
-
-    fn refs(event: &NormalizedEvent) -> Vec<(PrincipalKind, &str)> {
-        event
-            .actor
-            .refs
-            .iter()
-            .map(|r| (r.kind, r.value.as_str()))
-            .collect()
+        testing::one(decode, record.as_bytes())
     }
 
     #[test]
@@ -1056,12 +1041,7 @@ mod tests {
             (r#"[1,2]"#, "wrong_shape"),
             (r#""text""#, "wrong_shape"),
         ];
-        for (input, reason) in cases {
-            let mut out = Vec::new();
-            let err = decode(input.as_bytes(), &mut out).unwrap_err();
-            assert_eq!(err.reason(), reason, "{input}: {err}");
-            assert!(out.is_empty());
-        }
+        testing::assert_reasons(decode, &cases);
         let mut out = Vec::new();
         decode(br#"{"Records":[]}"#, &mut out).unwrap();
         assert!(out.is_empty());

@@ -397,47 +397,16 @@ fn event(
 mod tests {
     use super::*;
     use crate::decode::DecodeOptions;
+    use crate::decode::testing::{self, refs, samples};
     use crate::event::PrincipalRef;
     use serde_json::Value;
 
-    const SIGN_INS: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vendor/azure_signin/panther_rule_tests.ndjson"
-    );
-    const DOCUMENTED_SP: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vendor/azure_signin/documented_service_principal.ndjson"
-    );
-    const AUDIT_OTHER: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vendor/azure_audit_other/panther_rule_tests.ndjson"
-    );
-
-    /// The vendor records (`log` of each wrapper line) of a fixture file, as bytes.
-    fn samples(path: &str) -> Vec<Vec<u8>> {
-        let text = std::fs::read_to_string(path).expect("fixture readable");
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|line| {
-                let wrapper: Value = serde_json::from_str(line).expect("fixture line is JSON");
-                serde_json::to_vec(&wrapper["log"]).expect("re-serialize")
-            })
-            .collect()
-    }
+    const SIGN_INS: &str = "azure_signin/panther_rule_tests.ndjson";
+    const DOCUMENTED_SP: &str = "azure_signin/documented_service_principal.ndjson";
+    const AUDIT_OTHER: &str = "azure_audit_other/panther_rule_tests.ndjson";
 
     fn one(payload: &[u8]) -> NormalizedEvent {
-        let mut out = Vec::new();
-        decode(payload, &mut out).expect("decodes");
-        assert_eq!(out.len(), 1);
-        out.pop().unwrap()
-    }
-
-    fn refs(e: &NormalizedEvent) -> Vec<(PrincipalKind, &str)> {
-        e.actor
-            .refs
-            .iter()
-            .map(|r| (r.kind, r.value.as_str()))
-            .collect()
+        testing::one(decode, payload)
     }
 
     #[test]
@@ -723,12 +692,7 @@ mod tests {
             (br#"{"hello":"world"}"#, "wrong_shape"),
             (br#"[1]"#, "wrong_shape"),
         ];
-        for (input, reason) in cases {
-            let mut out = Vec::new();
-            let err = decode(input, &mut out).unwrap_err();
-            assert_eq!(err.reason(), reason, "{}", String::from_utf8_lossy(input));
-            assert!(out.is_empty());
-        }
+        testing::assert_reasons(decode, &cases);
     }
 
     #[test]

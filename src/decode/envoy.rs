@@ -198,52 +198,22 @@ pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), Deco
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::DecodeOptions;
+    use crate::decode::testing::{self, Documented};
 
-    const FIXTURE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vendor/envoy/documented.ndjson"
-    );
-
-    fn fixture_lines() -> Vec<String> {
-        let text = std::fs::read_to_string(FIXTURE).expect("envoy fixture is readable");
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// The one fixture record whose line contains `marker`, decoded.
-    fn event_for(marker: &str) -> NormalizedEvent {
-        let lines = fixture_lines();
-        let hits: Vec<&String> = lines.iter().filter(|l| l.contains(marker)).collect();
-        assert_eq!(
-            hits.len(),
-            1,
-            "marker {marker} should match one fixture record"
-        );
-        let mut out = Vec::new();
-        decode(hits[0].as_bytes(), &mut out).unwrap();
-        assert_eq!(out.len(), 1);
-        out.remove(0)
-    }
+    const FIXTURE: Documented = Documented {
+        name: "envoy/documented.ndjson",
+        decode,
+    };
 
     fn reason(input: &[u8]) -> &'static str {
-        let mut out = Vec::new();
-        let err = decode(input, &mut out).unwrap_err();
-        assert!(out.is_empty());
-        err.reason()
+        testing::reason(decode, input)
     }
 
     #[test]
     fn every_documented_record_decodes() {
-        let lines = fixture_lines();
-        assert!((8..=15).contains(&lines.len()), "{} records", lines.len());
-        for line in &lines {
-            let mut out = Vec::new();
-            decode(line.as_bytes(), &mut out).unwrap_or_else(|e| panic!("{e}: {line}"));
-            assert_eq!(out.len(), 1);
-            let e = &out[0];
+        let events = FIXTURE.events();
+        assert!((8..=15).contains(&events.len()), "{} records", events.len());
+        for (line, e) in &events {
             assert_eq!(e.product, Product::Envoy);
             assert_eq!(e.category, Category::EgressRequest);
             assert_eq!(e.class_uid, 4002);
@@ -256,19 +226,12 @@ mod tests {
 
     #[test]
     fn auto_detects_every_documented_record() {
-        let options = DecodeOptions::default();
-        for line in fixture_lines() {
-            let mut out = Vec::new();
-            crate::decode::decode(Format::Auto, line.as_bytes(), &options, &mut out)
-                .unwrap_or_else(|e| panic!("{e}: {line}"));
-            assert_eq!(out.len(), 1);
-            assert_eq!(out[0].product, Product::Envoy, "{line}");
-        }
+        FIXTURE.assert_auto_detects(Product::Envoy);
     }
 
     #[test]
     fn http_through_egress_gateway_uses_authority() {
-        let e = event_for("6f1c2f0e-8d7b-4c4a-9d0e-1b2a3c4d5e01");
+        let e = FIXTURE.event_for("6f1c2f0e-8d7b-4c4a-9d0e-1b2a3c4d5e01");
         assert_eq!(e.time.to_rfc3339(), "2026-03-02T09:15:27.481+00:00");
         assert_eq!(e.activity, "GET");
         assert_eq!(e.http_method.as_deref(), Some("GET"));
@@ -297,7 +260,7 @@ mod tests {
 
     #[test]
     fn sidecar_request_to_gateway_keeps_external_authority_and_strips_query() {
-        let e = event_for("6f1c2f0e-8d7b-4c4a-9d0e-1b2a3c4d5e02");
+        let e = FIXTURE.event_for("6f1c2f0e-8d7b-4c4a-9d0e-1b2a3c4d5e02");
         assert_eq!(e.activity, "POST");
         assert_eq!(e.dst_host.as_deref(), Some("api.openai.com"));
         // The cluster is the egress gateway, not the authority: its port is not used.
@@ -310,7 +273,7 @@ mod tests {
 
     #[test]
     fn tls_passthrough_uses_sni_and_cluster_port() {
-        let e = event_for("\"requested_server_name\":\"api.example.com\"");
+        let e = FIXTURE.event_for("\"requested_server_name\":\"api.example.com\"");
         assert_eq!(e.activity, "TCP");
         assert_eq!(e.http_method, None);
         assert_eq!(e.dst_host.as_deref(), Some("api.example.com"));
@@ -326,7 +289,7 @@ mod tests {
 
     #[test]
     fn upstream_failure_keeps_flags_in_status() {
-        let e = event_for("6f1c2f0e-8d7b-4c4a-9d0e-1b2a3c4d5e04");
+        let e = FIXTURE.event_for("6f1c2f0e-8d7b-4c4a-9d0e-1b2a3c4d5e04");
         assert_eq!(e.status_code.as_deref(), Some("503 UF"));
         assert_eq!(e.outcome, Outcome::Failure);
         assert_eq!(e.dst_host.as_deref(), Some("api.partner.example"));
@@ -335,14 +298,14 @@ mod tests {
 
     #[test]
     fn tcp_sessions_with_code_zero() {
-        let clean = event_for("outbound|5432||db.external.example");
+        let clean = FIXTURE.event_for("outbound|5432||db.external.example");
         assert_eq!(clean.activity, "TCP");
         assert_eq!(clean.status_code.as_deref(), Some("0"));
         assert_eq!(clean.outcome, Outcome::Success);
         assert_eq!(clean.dst_host.as_deref(), Some("db.external.example"));
         assert_eq!(clean.dst_port, Some(5432));
 
-        let failed = event_for("outbound|6379||cache.external.example");
+        let failed = FIXTURE.event_for("outbound|6379||cache.external.example");
         assert_eq!(failed.status_code.as_deref(), Some("0 UF"));
         assert_eq!(failed.outcome, Outcome::Failure);
         assert_eq!(failed.dst_port, Some(6379));
@@ -350,7 +313,7 @@ mod tests {
 
     #[test]
     fn numbers_written_as_strings_and_forwarded_client() {
-        let e = event_for("6f1c2f0e-8d7b-4c4a-9d0e-1b2a3c4d5e08");
+        let e = FIXTURE.event_for("6f1c2f0e-8d7b-4c4a-9d0e-1b2a3c4d5e08");
         assert_eq!(e.status_code.as_deref(), Some("200"));
         assert_eq!(e.bytes_in, Some(0));
         assert_eq!(e.bytes_out, Some(615));
@@ -361,11 +324,11 @@ mod tests {
 
     #[test]
     fn passthrough_cluster_and_blackhole() {
-        let passthrough = event_for("\"upstream_cluster\":\"PassthroughCluster\"");
+        let passthrough = FIXTURE.event_for("\"upstream_cluster\":\"PassthroughCluster\"");
         assert_eq!(passthrough.dst_host.as_deref(), Some("104.18.7.192"));
         assert_eq!(passthrough.dst_port, Some(443));
 
-        let blocked = event_for("BlackHoleCluster");
+        let blocked = FIXTURE.event_for("BlackHoleCluster");
         assert_eq!(blocked.dst_host.as_deref(), Some("pastebin.com"));
         assert_eq!(blocked.status_code.as_deref(), Some("502"));
         assert_eq!(blocked.outcome, Outcome::Failure);
@@ -373,7 +336,7 @@ mod tests {
 
     #[test]
     fn connect_from_ipv6_client() {
-        let e = event_for("\"method\":\"CONNECT\"");
+        let e = FIXTURE.event_for("\"method\":\"CONNECT\"");
         assert_eq!(e.activity, "CONNECT");
         assert_eq!(e.dst_host.as_deref(), Some("api.github.com"));
         assert_eq!(e.dst_port, Some(443));
@@ -383,7 +346,7 @@ mod tests {
 
     #[test]
     fn no_route_is_failure_with_flag() {
-        let e = event_for("6f1c2f0e-8d7b-4c4a-9d0e-1b2a3c4d5e11");
+        let e = FIXTURE.event_for("6f1c2f0e-8d7b-4c4a-9d0e-1b2a3c4d5e11");
         assert_eq!(e.status_code.as_deref(), Some("404 NR"));
         assert_eq!(e.outcome, Outcome::Failure);
     }

@@ -234,52 +234,22 @@ pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), Deco
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::DecodeOptions;
+    use crate::decode::testing::{self, Documented};
 
-    const FIXTURE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vendor/kong/documented.ndjson"
-    );
-
-    fn fixture_lines() -> Vec<String> {
-        let text = std::fs::read_to_string(FIXTURE).expect("kong fixture is readable");
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// The one fixture record whose line contains `marker`, decoded.
-    fn event_for(marker: &str) -> NormalizedEvent {
-        let lines = fixture_lines();
-        let hits: Vec<&String> = lines.iter().filter(|l| l.contains(marker)).collect();
-        assert_eq!(
-            hits.len(),
-            1,
-            "marker {marker} should match one fixture record"
-        );
-        let mut out = Vec::new();
-        decode(hits[0].as_bytes(), &mut out).unwrap();
-        assert_eq!(out.len(), 1);
-        out.remove(0)
-    }
+    const FIXTURE: Documented = Documented {
+        name: "kong/documented.ndjson",
+        decode,
+    };
 
     fn reason(input: &[u8]) -> &'static str {
-        let mut out = Vec::new();
-        let err = decode(input, &mut out).unwrap_err();
-        assert!(out.is_empty());
-        err.reason()
+        testing::reason(decode, input)
     }
 
     #[test]
     fn every_documented_record_decodes() {
-        let lines = fixture_lines();
-        assert!((8..=15).contains(&lines.len()), "{} records", lines.len());
-        for line in &lines {
-            let mut out = Vec::new();
-            decode(line.as_bytes(), &mut out).unwrap_or_else(|e| panic!("{e}: {line}"));
-            assert_eq!(out.len(), 1);
-            let e = &out[0];
+        let events = FIXTURE.events();
+        assert!((8..=15).contains(&events.len()), "{} records", events.len());
+        for (line, e) in &events {
             assert_eq!(e.product, Product::Kong);
             assert_eq!(e.category, Category::EgressRequest);
             assert_eq!(e.class_uid, 4002);
@@ -293,19 +263,12 @@ mod tests {
 
     #[test]
     fn auto_detects_every_documented_record() {
-        let options = DecodeOptions::default();
-        for line in fixture_lines() {
-            let mut out = Vec::new();
-            crate::decode::decode(Format::Auto, line.as_bytes(), &options, &mut out)
-                .unwrap_or_else(|e| panic!("{e}: {line}"));
-            assert_eq!(out.len(), 1);
-            assert_eq!(out[0].product, Product::Kong, "{line}");
-        }
+        FIXTURE.assert_auto_detects(Product::Kong);
     }
 
     #[test]
     fn authenticated_consumer() {
-        let e = event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c01");
+        let e = FIXTURE.event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c01");
         assert_eq!(e.time.timestamp_millis(), 1_772_442_927_481);
         assert_eq!(e.activity, "GET");
         assert_eq!(e.http_method.as_deref(), Some("GET"));
@@ -352,7 +315,7 @@ mod tests {
 
     #[test]
     fn anonymous_request_has_only_the_client_ip() {
-        let e = event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c02");
+        let e = FIXTURE.event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c02");
         assert_eq!(e.actor.refs.len(), 1);
         assert_eq!(e.actor.refs[0].kind, PrincipalKind::SourceIp);
         assert_eq!(e.actor.raw, "192.168.65.1");
@@ -361,7 +324,7 @@ mod tests {
         assert_eq!(e.dst_port, Some(80));
         assert_eq!(e.outcome, Outcome::Success);
 
-        let rejected = event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c05");
+        let rejected = FIXTURE.event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c05");
         assert_eq!(rejected.actor.refs.len(), 1);
         assert_eq!(rejected.status_code.as_deref(), Some("401"));
         assert_eq!(rejected.outcome, Outcome::Failure);
@@ -369,14 +332,14 @@ mod tests {
 
     #[test]
     fn server_errors_are_failures() {
-        let bad_gateway = event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c03");
+        let bad_gateway = FIXTURE.event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c03");
         assert_eq!(bad_gateway.activity, "POST");
         assert_eq!(bad_gateway.status_code.as_deref(), Some("502"));
         assert_eq!(bad_gateway.outcome, Outcome::Failure);
         assert_eq!(bad_gateway.actor.raw, "billing-sync");
         assert_eq!(bad_gateway.dst_host.as_deref(), Some("api.stripe.com"));
 
-        let unavailable = event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c10");
+        let unavailable = FIXTURE.event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c10");
         assert_eq!(unavailable.status_code.as_deref(), Some("503"));
         assert_eq!(unavailable.outcome, Outcome::Failure);
         assert_eq!(unavailable.dst_host.as_deref(), Some("payments-upstream"));
@@ -384,7 +347,7 @@ mod tests {
 
     #[test]
     fn query_string_is_stripped_and_custom_id_alone_is_the_actor() {
-        let e = event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c04");
+        let e = FIXTURE.event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c04");
         assert_eq!(e.resource.as_deref(), Some("/search/v1/query"));
         assert_eq!(e.actor.raw, "app-0077");
         assert_eq!(e.actor.refs[0].kind, PrincipalKind::GatewayConsumer);
@@ -392,7 +355,7 @@ mod tests {
 
     #[test]
     fn rate_limited_consumer() {
-        let e = event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c07");
+        let e = FIXTURE.event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c07");
         assert_eq!(e.status_code.as_deref(), Some("429"));
         assert_eq!(e.outcome, Outcome::Failure);
         assert_eq!(e.actor.raw, "scraper-test");
@@ -400,7 +363,7 @@ mod tests {
 
     #[test]
     fn older_record_with_string_sizes_and_no_service() {
-        let e = event_for("\"api\":{");
+        let e = FIXTURE.event_for("\"api\":{");
         assert_eq!(e.bytes_in, Some(75));
         assert_eq!(e.bytes_out, Some(434));
         // No service: the destination comes from request.url.
@@ -416,7 +379,7 @@ mod tests {
 
     #[test]
     fn ipv6_client_and_request_id_header() {
-        let e = event_for("2001:db8:85a3::8a2e:370:7334");
+        let e = FIXTURE.event_for("2001:db8:85a3::8a2e:370:7334");
         assert_eq!(e.src_ip.as_deref(), Some("2001:db8:85a3::8a2e:370:7334"));
         assert_eq!(e.activity, "PUT");
         assert_eq!(e.status_code.as_deref(), Some("201"));
@@ -425,7 +388,7 @@ mod tests {
 
     #[test]
     fn no_route_matched() {
-        let e = event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c09");
+        let e = FIXTURE.event_for("8d3f0c6a9b2e4f1a8c7d6e5f4a3b2c09");
         assert_eq!(e.status_code.as_deref(), Some("404"));
         assert_eq!(e.outcome, Outcome::Failure);
         assert_eq!(e.dst_host.as_deref(), Some("gateway.corp.example"));

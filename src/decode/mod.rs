@@ -15,6 +15,8 @@ pub mod generic;
 pub mod kong;
 pub mod okta;
 pub mod squid;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod vault;
 
 use std::fmt;
@@ -214,7 +216,8 @@ pub fn epoch_time_int(format: Format, value: i64) -> Result<DateTime<Utc>, Decod
     } else {
         DateTime::from_timestamp(value, 0)
     };
-    time.filter(|t| t.timestamp() >= 0)
+    // Same range as `epoch_time`: 1970 to the end of year 9999.
+    time.filter(|t| (0..=253_402_300_799).contains(&t.timestamp()))
         .ok_or_else(|| DecodeError::BadTime {
             format,
             detail: format!("epoch value {value} is out of range"),

@@ -337,42 +337,14 @@ pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), Deco
 mod tests {
     use super::*;
     use crate::decode::DecodeOptions;
+    use crate::decode::testing::{self, refs, samples};
     use serde_json::Value;
 
-    const RULE_TESTS: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vendor/okta_systemlog/panther_rule_tests.ndjson"
-    );
-    const SCENARIOS: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vendor/okta_systemlog/panther_test_scenarios.ndjson"
-    );
-
-    /// The vendor records (`log` of each wrapper line) of a fixture file, as bytes.
-    fn samples(path: &str) -> Vec<Vec<u8>> {
-        let text = std::fs::read_to_string(path).expect("fixture readable");
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|line| {
-                let wrapper: Value = serde_json::from_str(line).expect("fixture line is JSON");
-                serde_json::to_vec(&wrapper["log"]).expect("re-serialize")
-            })
-            .collect()
-    }
+    const RULE_TESTS: &str = "okta_systemlog/panther_rule_tests.ndjson";
+    const SCENARIOS: &str = "okta_systemlog/panther_test_scenarios.ndjson";
 
     fn one(payload: &[u8]) -> NormalizedEvent {
-        let mut out = Vec::new();
-        decode(payload, &mut out).expect("decodes");
-        assert_eq!(out.len(), 1);
-        out.pop().unwrap()
-    }
-
-    fn refs(e: &NormalizedEvent) -> Vec<(PrincipalKind, &str)> {
-        e.actor
-            .refs
-            .iter()
-            .map(|r| (r.kind, r.value.as_str()))
-            .collect()
+        testing::one(decode, payload)
     }
 
     #[test]
@@ -674,12 +646,7 @@ mod tests {
             (br#"[1,2]"#, "wrong_shape"),
             (b"\xff\xfe", "bad_json"),
         ];
-        for (input, reason) in cases {
-            let mut out = Vec::new();
-            let err = decode(input, &mut out).unwrap_err();
-            assert_eq!(err.reason(), reason, "{}", String::from_utf8_lossy(input));
-            assert!(out.is_empty());
-        }
+        testing::assert_reasons(decode, &cases);
     }
 
     #[test]

@@ -162,52 +162,22 @@ pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), Deco
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::DecodeOptions;
+    use crate::decode::testing::{self, Documented};
 
-    const FIXTURE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vendor/squid/documented.log"
-    );
-
-    fn fixture_lines() -> Vec<String> {
-        let text = std::fs::read_to_string(FIXTURE).expect("squid fixture is readable");
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// The one fixture line containing `marker`, decoded.
-    fn event_for(marker: &str) -> NormalizedEvent {
-        let lines = fixture_lines();
-        let hits: Vec<&String> = lines.iter().filter(|l| l.contains(marker)).collect();
-        assert_eq!(
-            hits.len(),
-            1,
-            "marker {marker} should match one fixture line"
-        );
-        let mut out = Vec::new();
-        decode(hits[0].as_bytes(), &mut out).unwrap();
-        assert_eq!(out.len(), 1);
-        out.remove(0)
-    }
+    const FIXTURE: Documented = Documented {
+        name: "squid/documented.log",
+        decode,
+    };
 
     fn reason(input: &[u8]) -> &'static str {
-        let mut out = Vec::new();
-        let err = decode(input, &mut out).unwrap_err();
-        assert!(out.is_empty());
-        err.reason()
+        testing::reason(decode, input)
     }
 
     #[test]
     fn every_documented_line_decodes() {
-        let lines = fixture_lines();
-        assert!((8..=15).contains(&lines.len()), "{} lines", lines.len());
-        for line in &lines {
-            let mut out = Vec::new();
-            decode(line.as_bytes(), &mut out).unwrap_or_else(|e| panic!("{e}: {line}"));
-            assert_eq!(out.len(), 1);
-            let e = &out[0];
+        let events = FIXTURE.events();
+        assert!((8..=15).contains(&events.len()), "{} lines", events.len());
+        for (line, e) in &events {
             assert_eq!(e.product, Product::Squid);
             assert_eq!(e.category, Category::EgressRequest);
             assert_eq!(e.class_uid, 4002);
@@ -216,27 +186,20 @@ mod tests {
             assert!(e.bytes_out.is_some(), "{line}");
         }
         // The whole file as one payload: one event per line.
-        let whole = std::fs::read(FIXTURE).unwrap();
+        let whole = std::fs::read(testing::fixture(FIXTURE.name)).unwrap();
         let mut out = Vec::new();
         decode(&whole, &mut out).unwrap();
-        assert_eq!(out.len(), lines.len());
+        assert_eq!(out.len(), events.len());
     }
 
     #[test]
     fn auto_detects_every_documented_line() {
-        let options = DecodeOptions::default();
-        for line in fixture_lines() {
-            let mut out = Vec::new();
-            crate::decode::decode(Format::Auto, line.as_bytes(), &options, &mut out)
-                .unwrap_or_else(|e| panic!("{e}: {line}"));
-            assert_eq!(out.len(), 1);
-            assert_eq!(out[0].product, Product::Squid, "{line}");
-        }
+        FIXTURE.assert_auto_detects(Product::Squid);
     }
 
     #[test]
     fn plain_get() {
-        let e = event_for("http://pypi.org/simple/requests/");
+        let e = FIXTURE.event_for("http://pypi.org/simple/requests/");
         assert_eq!(e.time.timestamp_millis(), 1_772_442_927_481);
         assert_eq!(e.activity, "GET");
         assert_eq!(e.http_method.as_deref(), Some("GET"));
@@ -254,7 +217,7 @@ mod tests {
 
     #[test]
     fn connect_tunnel_with_authenticated_user() {
-        let e = event_for("CONNECT api.openai.com:443");
+        let e = FIXTURE.event_for("CONNECT api.openai.com:443");
         assert_eq!(e.time.timestamp_millis(), 1_772_442_930_123);
         assert_eq!(e.activity, "CONNECT");
         assert_eq!(e.dst_host.as_deref(), Some("api.openai.com"));
@@ -271,12 +234,12 @@ mod tests {
 
     #[test]
     fn denied_requests_are_failures() {
-        let e = event_for("CONNECT pastebin.com:443");
+        let e = FIXTURE.event_for("CONNECT pastebin.com:443");
         assert_eq!(e.status_code.as_deref(), Some("403"));
         assert_eq!(e.outcome, Outcome::Failure);
         assert_eq!(e.dst_host.as_deref(), Some("pastebin.com"));
 
-        let auth = event_for("TCP_DENIED/407");
+        let auth = FIXTURE.event_for("TCP_DENIED/407");
         assert_eq!(auth.status_code.as_deref(), Some("407"));
         assert_eq!(auth.outcome, Outcome::Failure);
         assert_eq!(auth.actor.refs.len(), 1);
@@ -284,7 +247,7 @@ mod tests {
 
     #[test]
     fn bumped_https_request_with_user_and_query() {
-        let e = event_for("POST https://api.github.com");
+        let e = FIXTURE.event_for("POST https://api.github.com");
         assert_eq!(e.activity, "POST");
         assert_eq!(e.dst_host.as_deref(), Some("api.github.com"));
         assert_eq!(e.dst_port, Some(443));
@@ -295,7 +258,7 @@ mod tests {
 
     #[test]
     fn ipv6_client() {
-        let e = event_for("2001:db8:10::25");
+        let e = FIXTURE.event_for("2001:db8:10::25");
         assert_eq!(e.src_ip.as_deref(), Some("2001:db8:10::25"));
         assert_eq!(e.actor.raw, "2001:db8:10::25");
         assert_eq!(e.dst_host.as_deref(), Some("objects.example.net"));
@@ -304,7 +267,7 @@ mod tests {
 
     #[test]
     fn tabs_and_runs_of_spaces() {
-        let e = event_for("\t");
+        let e = FIXTURE.event_for("\t");
         assert_eq!(e.activity, "GET");
         assert_eq!(e.dst_host.as_deref(), Some("deb.debian.org"));
         assert_eq!(e.status_code.as_deref(), Some("304"));
@@ -314,7 +277,7 @@ mod tests {
 
     #[test]
     fn error_urls_still_decode_without_destination() {
-        let none = event_for("error:invalid-request");
+        let none = FIXTURE.event_for("error:invalid-request");
         assert_eq!(none.activity, "NONE");
         assert_eq!(none.http_method, None);
         assert_eq!(none.dst_host, None);
@@ -322,7 +285,7 @@ mod tests {
         assert_eq!(none.status_code.as_deref(), Some("400"));
         assert_eq!(none.outcome, Outcome::Failure);
 
-        let dash = event_for("error:transaction-end-before-headers");
+        let dash = FIXTURE.event_for("error:transaction-end-before-headers");
         assert_eq!(dash.activity, "-");
         assert_eq!(dash.http_method, None);
         assert_eq!(dash.dst_host, None);
@@ -332,7 +295,7 @@ mod tests {
 
     #[test]
     fn upstream_failure() {
-        let e = event_for("TCP_MISS/503");
+        let e = FIXTURE.event_for("TCP_MISS/503");
         assert_eq!(e.outcome, Outcome::Failure);
         assert_eq!(e.dst_host.as_deref(), Some("files.vendor.example"));
         assert_eq!(e.dst_port, Some(8080));

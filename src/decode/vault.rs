@@ -285,19 +285,13 @@ mod tests {
 
     use super::*;
     use crate::decode::DecodeOptions;
+    use crate::decode::testing::{self, refs};
 
-    const SAMPLE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vendor/vault_audit/hashicorp-education_learn-vault-monitoring_vault-audit.ndjson"
-    );
+    const SAMPLE: &str =
+        "vault_audit/hashicorp-education_learn-vault-monitoring_vault-audit.ndjson";
 
     fn lines() -> Vec<String> {
-        std::fs::read_to_string(SAMPLE)
-            .expect("sample file")
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect()
+        testing::lines(SAMPLE)
     }
 
     /// The first sample line of `kind` ("request"/"response") containing every needle.
@@ -310,19 +304,7 @@ mod tests {
     }
 
     fn one(line: &str) -> NormalizedEvent {
-        let mut out = Vec::new();
-        decode(line.as_bytes(), &mut out).expect("decodes");
-        assert_eq!(out.len(), 1);
-        out.pop().unwrap()
-    }
-
-    fn refs(event: &NormalizedEvent) -> Vec<(PrincipalKind, &str)> {
-        event
-            .actor
-            .refs
-            .iter()
-            .map(|r| (r.kind, r.value.as_str()))
-            .collect()
+        testing::one(decode, line.as_bytes())
     }
 
     #[test]
@@ -561,11 +543,6 @@ mod tests {
                 "wrong_shape",
             ),
         ];
-        for (input, reason) in cases {
-            let mut out = Vec::new();
-            let err = decode(input.as_bytes(), &mut out).unwrap_err();
-            assert_eq!(err.reason(), reason, "{input}: {err}");
-            assert!(out.is_empty());
-        }
+        testing::assert_reasons(decode, &cases);
     }
 }

@@ -153,6 +153,35 @@ pub struct Alert {
     pub sql: String,
     /// OCSF class: Detection Finding.
     pub class_uid: u32,
+    /// Response actions taken for the alert (the kill switch), recorded by the router.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<AlertAction>,
+    /// Set by the router on a repeat within the grouping window: the id of the open
+    /// alert it belongs to and how many alerts the group holds now. Repeats are
+    /// recorded (alerts file and topic) but do not page again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<AlertGroup>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertGroup {
+    /// The id of the first alert of the group (the one that paged).
+    pub id: String,
+    /// Alerts in the group so far, this one included.
+    pub count: u32,
+}
+
+/// A response action taken (or, in dry-run, only described) for an alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertAction {
+    /// `kill_switch`.
+    pub kind: String,
+    /// `dry_run` or `live`.
+    pub mode: String,
+    /// The sink that carries it out.
+    pub sink: String,
+    /// What would be / is disabled: the app id, else the identity.
+    pub target: String,
 }
 
 /// FNV-1a, stable across releases and platforms (alert ids must not change).
@@ -242,6 +271,8 @@ impl Finding {
             evidence: self.evidence,
             sql,
             class_uid: 2004,
+            actions: Vec::new(),
+            group: None,
         }
     }
 }

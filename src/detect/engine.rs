@@ -414,6 +414,17 @@ impl Engine {
         self.watermark
     }
 
+    /// Stops waiting for a partition this process no longer reads (taken away in a rebalance).
+    pub fn forget_source(&mut self, topic: &str, partition: i32) {
+        let origin = Origin::Kafka {
+            topic: topic.to_string(),
+            partition,
+            offset: 0,
+        };
+        self.sources
+            .retain(|(key, _)| !source_matches(key, Some(&origin)));
+    }
+
     /// Notes an event's time for its source and moves the watermark (never back).
     fn observe_time(&mut self, event: &NormalizedEvent) {
         if self.max_time.is_none_or(|m| event.time > m) {

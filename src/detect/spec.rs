@@ -178,7 +178,17 @@ pub fn load_dir(dir: &Path) -> Result<Vec<DetectorSpec>, SpecError> {
         key: "(folder)".into(),
         message,
     };
-    let entries = std::fs::read_dir(dir).map_err(|e| dir_error(e.to_string()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            dir_error(
+                "the folder does not exist; set detect.detectors_dir to your detector files, \
+                 or to \"\" for the built-in defaults"
+                    .into(),
+            )
+        } else {
+            dir_error(e.to_string())
+        }
+    })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{FieldMapping, Format};
+use crate::deliver::worker::DeliverSettings;
 use crate::detect::EngineSettings;
 pub use secret::{SecretError, SecretRef};
 
@@ -45,6 +46,8 @@ pub struct Settings {
     pub alerts: AlertSettings,
     /// Snapshots of detector and identity state.
     pub state: StateSettings,
+    /// Alert routing, the durable outbox and the sinks.
+    pub deliver: DeliverSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -122,6 +125,14 @@ pub struct TopicSettings {
 pub struct InputSettings {
     /// Records larger than this are dead-lettered as `oversized` without being parsed.
     pub max_record_bytes: usize,
+    /// Events dated further than this ahead of the clock are dead-lettered (`bad_time`),
+    /// so one bad clock cannot drag the detectors' event time into the future.
+    #[serde(default = "default_max_future_secs")]
+    pub max_future_secs: u64,
+}
+
+fn default_max_future_secs() -> u64 {
+    86_400
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -385,7 +396,7 @@ impl Settings {
                 "must be at least 1".into(),
             );
         }
-        if self.dead_letter.topic.is_empty() && self.dead_letter.file.is_empty() {
+        if self.dead_letter.topic.trim().is_empty() && self.dead_letter.file.trim().is_empty() {
             return err(
                 "dead_letter",
                 "set dead_letter.topic or dead_letter.file: bad records are never dropped".into(),
@@ -410,6 +421,7 @@ impl Settings {
                 "must be at least 1".into(),
             );
         }
+        self.deliver.validate()?;
         if self.state.snapshot_interval_secs == 0 {
             return err("state.snapshot_interval_secs", "must be at least 1".into());
         }

@@ -25,6 +25,7 @@ use std::time::Instant;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::decode::{DecodeOptions, Format};
+use crate::deliver::worker::{DeliverError, Delivery};
 use crate::detect::Engine;
 use crate::detect::engine::EngineError;
 use crate::event::{NormalizedEvent, Origin};
@@ -49,6 +50,8 @@ pub enum SourceError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
 }
 
 /// Where and how often detector state is snapshotted.
@@ -94,6 +97,17 @@ pub struct GroupContext {
     /// Where restored state ends, per partition: an assigned partition found here
     /// starts at this offset instead of the group's committed one.
     resume: std::sync::Mutex<HashMap<(String, i32), i64>>,
+    /// Partitions taken away since the consume loop last looked.
+    revoked: std::sync::Mutex<Vec<(String, i32)>>,
+}
+
+impl GroupContext {
+    fn take_revoked(&self) -> Vec<(String, i32)> {
+        match self.revoked.lock() {
+            Ok(mut guard) => std::mem::take(&mut *guard),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
 }
 
 impl ClientContext for GroupContext {}
@@ -129,7 +143,19 @@ impl ConsumerContext for GroupContext {
                             .map(|o| (e.topic().to_string(), e.partition(), o))
                     })
                     .collect();
+                // The snapshot speaks for the first real assignment only.
+                if tpl.count() > 0 {
+                    resume.clear();
+                }
                 drop(resume);
+                let mut resumed = TopicPartitionList::new();
+                for (topic, partition, offset) in &starts {
+                    if let Err(error) =
+                        resumed.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    {
+                        tracing::warn!(%error, topic, partition, "snapshot offset");
+                    }
+                }
                 for (topic, partition, offset) in starts {
                     if let Err(error) =
                         tpl.set_partition_offset(&topic, partition, Offset::Offset(offset))
@@ -146,9 +172,25 @@ impl ConsumerContext for GroupContext {
                 if let Err(error) = result {
                     tracing::error!(%error, "assigning partitions");
                 }
+                if resumed.count() > 0 {
+                    // Make the group's committed offsets match the restored state, so a
+                    // rebalance before the first batch resumes from the same place.
+                    if let Err(error) = consumer.commit(&resumed, CommitMode::Async) {
+                        tracing::warn!(%error, "committing the snapshot offsets");
+                    }
+                }
                 self.post_rebalance(consumer, &Rebalance::Assign(tpl));
             }
             E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let taken: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                match self.revoked.lock() {
+                    Ok(mut guard) => guard.extend(taken),
+                    Err(poisoned) => poisoned.into_inner().extend(taken),
+                }
                 self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -240,6 +282,38 @@ struct RunState {
     /// Next offset to read per partition, as far as durable outputs go.
     position: HashMap<(String, i32), i64>,
     last_snapshot: Instant,
+    /// When the open batch must be flushed, however many records it has.
+    batch_deadline: Option<tokio::time::Instant>,
+    snapshots: Option<SnapshotPolicy>,
+}
+
+impl RunState {
+    /// Forgets partitions taken away in a rebalance: their records of the open
+    /// batch will be read again by the next owner (outputs already written stay,
+    /// as at-least-once allows), so they must not also reach the detectors here.
+    fn drop_partitions(&mut self, revoked: &[(String, i32)], engine: &mut Engine) {
+        let gone = |topic: &str, partition: i32| {
+            revoked.iter().any(|(t, p)| t == topic && *p == partition)
+        };
+        let before = self.batch.partitions.len();
+        self.batch.partitions.retain(|(t, p, _)| !gone(t, *p));
+        if self.batch.partitions.len() != before || !self.events.is_empty() {
+            self.events.retain(|e| match &e.origin {
+                Some(Origin::Kafka {
+                    topic, partition, ..
+                }) => !gone(topic, *partition),
+                _ => true,
+            });
+        }
+        if self.batch.partitions.is_empty() {
+            self.batch.records = 0;
+            self.batch_deadline = None;
+        }
+        self.position.retain(|(t, p), _| !gone(t, *p));
+        for (topic, partition) in revoked {
+            engine.forget_source(topic, *partition);
+        }
+    }
 }
 
 pub struct KafkaSource {
@@ -268,6 +342,7 @@ impl KafkaSource {
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(GroupContext {
             progress: progress.clone(),
             resume: std::sync::Mutex::new(HashMap::new()),
+            revoked: std::sync::Mutex::new(Vec::new()),
         })?;
         let topics = TopicFormats(
             settings
@@ -303,6 +378,7 @@ impl KafkaSource {
         pipeline: &mut Pipeline,
         outputs: &mut Outputs,
         engine: &mut Engine,
+        delivery: &mut Delivery,
         snapshots: Option<SnapshotPolicy>,
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
@@ -320,16 +396,11 @@ impl KafkaSource {
             events: Vec::new(),
             position,
             last_snapshot: Instant::now(),
+            batch_deadline: None,
+            snapshots: snapshots.clone(),
         };
         let result = self
-            .consume(
-                pipeline,
-                outputs,
-                engine,
-                snapshots.as_ref(),
-                &mut run,
-                shutdown,
-            )
+            .consume(pipeline, outputs, engine, delivery, &mut run, shutdown)
             .await;
         if result.is_ok()
             && let Some(policy) = &snapshots
@@ -399,34 +470,51 @@ impl KafkaSource {
         pipeline: &mut Pipeline,
         outputs: &mut Outputs,
         engine: &mut Engine,
-        snapshots: Option<&SnapshotPolicy>,
+        delivery: &mut Delivery,
         run: &mut RunState,
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let warn = RateLimitedLog::new(Duration::from_secs(10));
         let mut events: Vec<NormalizedEvent> = Vec::with_capacity(64);
         loop {
-            let next = if run.batch.records == 0 {
-                tokio::select! {
+            let revoked = self.consumer.context().take_revoked();
+            if !revoked.is_empty() {
+                run.drop_partitions(&revoked, engine);
+            }
+            let next = match run.batch_deadline {
+                None => tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => None,
                     m = self.consumer.recv() => Some(m),
-                }
-            } else {
-                tokio::select! {
+                },
+                Some(deadline) => tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => None,
                     m = self.consumer.recv() => Some(m),
-                    _ = tokio::time::sleep(self.batch_linger) => {
-                        self.commit_batch(pipeline, outputs, engine, snapshots, run).await?;
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.commit_batch(pipeline, outputs, engine, delivery, run).await?;
                         continue;
                     }
-                }
+                },
             };
             let message = match next {
                 None => break,
                 Some(Ok(message)) => message,
                 Some(Err(error)) => {
+                    use rdkafka::types::RDKafkaErrorCode as C;
+                    if matches!(
+                        error.rdkafka_error_code(),
+                        Some(
+                            C::Fatal
+                                | C::TopicAuthorizationFailed
+                                | C::GroupAuthorizationFailed
+                                | C::ClusterAuthorizationFailed
+                                | C::SaslAuthenticationFailed
+                        )
+                    ) {
+                        // Retrying cannot fix these: stop, so the operator sees it.
+                        return Err(SourceError::Kafka(error));
+                    }
                     if warn.admit("consumer_error").is_some() {
                         tracing::warn!(%error, "Kafka consumer error; librdkafka retries");
                     }
@@ -456,13 +544,16 @@ impl KafkaSource {
                 }
                 Err(letter) => outputs.dead_letter(&letter).await?,
             }
+            if run.batch.records == 0 {
+                run.batch_deadline = Some(tokio::time::Instant::now() + self.batch_linger);
+            }
             run.batch.note(topic, message.partition(), message.offset());
             if run.batch.records >= self.batch_max_records {
-                self.commit_batch(pipeline, outputs, engine, snapshots, run)
+                self.commit_batch(pipeline, outputs, engine, delivery, run)
                     .await?;
             }
         }
-        self.commit_batch(pipeline, outputs, engine, snapshots, run)
+        self.commit_batch(pipeline, outputs, engine, delivery, run)
             .await?;
         if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "final commit (nothing new to commit is fine)");
@@ -478,19 +569,24 @@ impl KafkaSource {
         pipeline: &Pipeline,
         outputs: &mut Outputs,
         engine: &mut Engine,
-        snapshots: Option<&SnapshotPolicy>,
+        delivery: &mut Delivery,
         run: &mut RunState,
     ) -> Result<(), SourceError> {
         if run.batch.records == 0 {
             return Ok(());
         }
-        let alerts = engine.process(&run.events, &pipeline.registry()).await?;
+        let mut alerts = engine.process(&run.events, &pipeline.registry()).await?;
         run.events.clear();
-        for alert in &alerts {
+        for alert in &mut alerts {
+            // The router groups repeats and records the kill-switch action before the
+            // alert is written anywhere, so every copy says the same.
+            delivery.submit(alert)?;
             outputs.alert(alert).await?;
             pipeline.stats().alert();
         }
         outputs.commit().await?;
+        // Alerts that page are durable in the outbox before their input offsets move.
+        delivery.sync()?;
         for (topic, partition, offset) in run.batch.partitions.drain(..) {
             // `store_offset` stores offset + 1, the next record to read.
             if let Err(error) = self.consumer.store_offset(&topic, partition, offset) {
@@ -500,10 +596,11 @@ impl KafkaSource {
             run.position.insert((topic, partition), offset + 1);
         }
         run.batch.records = 0;
+        run.batch_deadline = None;
         self.progress
             .batches_committed
             .fetch_add(1, Ordering::Relaxed);
-        if let Some(policy) = snapshots
+        if let Some(policy) = &run.snapshots
             && run.last_snapshot.elapsed() >= policy.interval
         {
             self.snapshot(policy, pipeline, engine, &run.position)

@@ -3,5 +3,7 @@
 mod cli;
 mod detection;
 mod docs;
+mod email_sink;
+mod http_sinks;
 mod kafka_pipeline;
 mod support;

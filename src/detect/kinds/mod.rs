@@ -3,6 +3,8 @@
 mod new_domain;
 mod rate_spike;
 mod secret_reads;
+#[cfg(test)]
+pub(crate) mod testing;
 mod token_region;
 mod unregistered;
 

@@ -511,23 +511,10 @@ impl Detector for NewDomain {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use chrono::{Duration, TimeZone};
-
     use super::*;
+    use crate::detect::kinds::testing::{self, at, drive, resolve};
     use crate::event::{Category, Product, ResolvedIdentity};
     use crate::identity::Registry;
-
-    const FILE: &str = include_str!("../../../detectors/new_egress_domain.toml");
-
-    fn t0() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap()
-    }
-
-    fn at(secs: i64) -> DateTime<Utc> {
-        t0() + Duration::seconds(secs)
-    }
 
     const HOUR: i64 = 3600;
 
@@ -550,11 +537,11 @@ apps:
       gateway_consumers: [report-bot]
     registered_on: 2026-11-01
 "#;
-        Registry::parse(yaml, "test.yaml").unwrap()
+        testing::registry(yaml)
     }
 
     fn spec() -> DetectorSpec {
-        DetectorSpec::parse(FILE, Path::new("detectors/new_egress_domain.toml")).unwrap()
+        testing::spec("new_egress_domain.toml")
     }
 
     /// An egress request by gateway consumer `consumer` (registered when the registry knows it).
@@ -564,44 +551,8 @@ apps:
         e.actor.push(PrincipalKind::SourceIp, "10.20.0.5");
         e.dst_host = Some(host.to_string());
         e.dst_port = Some(443);
-        e.identity = Some(match r.lookup(PrincipalKind::GatewayConsumer, consumer) {
-            Some(app) => ResolvedIdentity {
-                status: IdentityStatus::Registered,
-                app_id: Some(app.id.clone()),
-                key: format!("app:{}", app.id),
-                matched: Some(e.actor.refs[0].clone()),
-            },
-            None => ResolvedIdentity {
-                status: IdentityStatus::Unregistered,
-                app_id: None,
-                key: format!("gateway_consumer:{consumer}"),
-                matched: None,
-            },
-        });
+        e.identity = Some(resolve(&e.actor, r));
         e
-    }
-
-    fn drive(
-        detector: &mut dyn Detector,
-        spec: &DetectorSpec,
-        registry: &Registry,
-        events: &[NormalizedEvent],
-    ) -> Vec<Finding> {
-        let mut out = Vec::new();
-        let mut latest = DateTime::<Utc>::MIN_UTC;
-        for e in events {
-            latest = latest.max(e.time);
-            if !spec.filter.matches(e) {
-                continue;
-            }
-            let cx = Context {
-                registry,
-                watermark: latest - Duration::seconds(60),
-                spec,
-            };
-            detector.observe(e, &cx, &mut out);
-        }
-        out
     }
 
     /// Twelve hours of learning for invoice-bot: two domains of its own plus allowlisted ones.
@@ -949,7 +900,7 @@ apps:
         assert_eq!(format!("{fa:?}"), format!("{fb:?}"));
         assert_eq!(a.save(), b.save());
         assert!(
-            b.load("x".into(), json!({"seen": t0(), "state": {"domains": 5}}))
+            b.load("x".into(), json!({"seen": at(0), "state": {"domains": 5}}))
                 .is_err()
         );
     }

@@ -488,11 +488,11 @@ impl Detector for RateSpike {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Category, IdentityStatus, Product, ResolvedIdentity};
+    use crate::detect::kinds::testing::{self, Driver, monday, registered};
+    use crate::event::{Category, Product};
     use crate::generator::{Rng, diurnal};
     use crate::identity::Registry;
     use chrono::{Duration, TimeZone};
-    use std::path::Path;
 
     const REGISTRY: &str = r#"
 apps:
@@ -521,107 +521,16 @@ apps:
 "#;
 
     fn spec() -> DetectorSpec {
-        DetectorSpec::parse(
-            include_str!("../../../detectors/call_spike.toml"),
-            Path::new("detectors/call_spike.toml"),
-        )
-        .unwrap()
+        testing::spec("call_spike.toml")
     }
 
-    /// Monday 2026-11-23 00:00 UTC.
-    fn monday() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap()
-    }
-
-    /// Drives a detector as the engine does: filter, watermark = newest time − 60 s,
-    /// `advance` when it moves, late events dropped, suppression applied to `alerts`.
-    struct Driver {
-        spec: DetectorSpec,
-        registry: Registry,
-        detector: Box<dyn Detector>,
-        max_time: Option<DateTime<Utc>>,
-        watermark: Option<DateTime<Utc>>,
-        findings: Vec<Finding>,
-    }
-
-    impl Driver {
-        fn new(spec: DetectorSpec) -> Self {
-            let detector = build(&spec, 10_000).unwrap();
-            Driver {
-                spec,
-                registry: Registry::parse(REGISTRY, "test.yaml").unwrap(),
-                detector,
-                max_time: None,
-                watermark: None,
-                findings: Vec::new(),
-            }
-        }
-
-        fn advance_to(&mut self, watermark: DateTime<Utc>) {
-            if self.watermark.is_some_and(|w| w >= watermark) {
-                return;
-            }
-            self.watermark = Some(watermark);
-            let cx = Context {
-                registry: &self.registry,
-                watermark,
-                spec: &self.spec,
-            };
-            self.detector.advance(&cx, &mut self.findings);
-        }
-
-        fn feed(&mut self, event: &NormalizedEvent) {
-            if self.max_time.is_none_or(|m| event.time > m) {
-                self.max_time = Some(event.time);
-            }
-            let watermark = self.max_time.unwrap() - Duration::seconds(60);
-            self.advance_to(watermark);
-            if !self.spec.filter.matches(event) || event.time < watermark {
-                return;
-            }
-            let cx = Context {
-                registry: &self.registry,
-                watermark,
-                spec: &self.spec,
-            };
-            self.detector.observe(event, &cx, &mut self.findings);
-        }
-
-        fn finish(&mut self) {
-            if let Some(max) = self.max_time {
-                self.advance_to(max + Duration::days(1));
-            }
-        }
-
-        /// Findings left after the engine's suppression (per identity and variant).
-        fn alerts(&self) -> Vec<&Finding> {
-            let mut last: std::collections::HashMap<(String, &str), DateTime<Utc>> =
-                Default::default();
-            let suppression = Duration::seconds(self.spec.suppression_secs as i64);
-            let mut out = Vec::new();
-            for f in &self.findings {
-                let k = (f.identity.clone(), f.variant);
-                if last
-                    .get(&k)
-                    .is_some_and(|t| f.window_end < *t + suppression)
-                {
-                    continue;
-                }
-                last.insert(k, f.window_end);
-                out.push(f);
-            }
-            out
-        }
+    fn registry() -> Registry {
+        testing::registry(REGISTRY)
     }
 
     fn event(t: DateTime<Utc>, app: &str, category: Category) -> NormalizedEvent {
         let mut e = NormalizedEvent::new(t, Product::Kong, category, "GET");
-        e.identity = Some(ResolvedIdentity {
-            status: IdentityStatus::Registered,
-            app_id: Some(app.to_string()),
-            key: format!("app:{app}"),
-            matched: None,
-        });
+        e.identity = Some(registered(app));
         e
     }
 
@@ -718,7 +627,7 @@ apps:
 
     #[test]
     fn rate_spike_burst_after_a_week_gives_one_finding() {
-        let mut driver = Driver::new(spec());
+        let mut driver = Driver::new(spec(), registry());
         let burst = week_of(&mut driver, Some("sales-bot"));
         assert!(!driver.findings.is_empty(), "the burst was not found");
         for f in &driver.findings {
@@ -767,7 +676,7 @@ apps:
 
     #[test]
     fn rate_spike_quiet_on_a_normal_week_and_monday_morning() {
-        let mut driver = Driver::new(spec());
+        let mut driver = Driver::new(spec(), registry());
         week_of(&mut driver, None);
         let summaries: Vec<&str> = driver.findings.iter().map(|f| f.summary.as_str()).collect();
         assert!(summaries.is_empty(), "{summaries:#?}");
@@ -776,7 +685,7 @@ apps:
         tight
             .params
             .insert("min_ratio".into(), toml::Value::Float(2.0));
-        let mut driver = Driver::new(tight);
+        let mut driver = Driver::new(tight, registry());
         week_of(&mut driver, None);
         let summaries: Vec<&str> = driver.findings.iter().map(|f| f.summary.as_str()).collect();
         assert!(summaries.is_empty(), "{summaries:#?}");
@@ -786,7 +695,7 @@ apps:
     fn rate_spike_quiet_when_first_seen_on_a_weekend() {
         // Learning ends on Sunday; Monday's weekday hours were never seen, so the
         // fallback (the busiest hour seen, a weekend one) must not flag the workday.
-        let mut driver = Driver::new(spec());
+        let mut driver = Driver::new(spec(), registry());
         let saturday = monday() + Duration::days(5);
         traffic(&mut driver, saturday, None);
         let summaries: Vec<&str> = driver.findings.iter().map(|f| f.summary.as_str()).collect();
@@ -797,14 +706,14 @@ apps:
     fn rate_spike_quiet_while_learning() {
         let mut learning = spec();
         learning.learning_period_secs = 10 * 86_400;
-        let mut driver = Driver::new(learning);
+        let mut driver = Driver::new(learning, registry());
         week_of(&mut driver, Some("sales-bot"));
         assert!(driver.findings.is_empty(), "{:?}", driver.findings);
     }
 
     /// Steady traffic of `per_bucket` calls per 5 minutes for a week, then one bucket of `then`.
     fn low_volume(then: u64) -> Vec<Finding> {
-        let mut driver = Driver::new(spec());
+        let mut driver = Driver::new(spec(), registry());
         let mut rng = Rng::new(5);
         let spike = monday() + Duration::days(7) + Duration::hours(10);
         let mut t0 = monday();
@@ -861,23 +770,8 @@ apps:
         events.sort_by_key(|e| e.time);
         let split =
             events.partition_point(|e| e.time < start + Duration::days(3) + Duration::minutes(2));
-        let run = |events: &[NormalizedEvent], restore_at: Option<usize>| -> Vec<String> {
-            let mut driver = Driver::new(spec.clone());
-            for (i, e) in events.iter().enumerate() {
-                if restore_at == Some(i) {
-                    let saved = driver.detector.save();
-                    let mut fresh = build(&spec, 10_000).unwrap();
-                    for (k, v) in saved {
-                        // Through text, as a snapshot file would.
-                        let v: serde_json::Value = serde_json::from_str(&v.to_string()).unwrap();
-                        fresh.load(k, v).unwrap();
-                    }
-                    driver.detector = fresh;
-                }
-                driver.feed(e);
-            }
-            driver.finish();
-            driver.findings.iter().map(|f| format!("{f:?}")).collect()
+        let run = |events: &[NormalizedEvent], restore_at: Option<usize>| {
+            Driver::new(spec.clone(), registry()).replay(events, restore_at)
         };
         let uninterrupted = run(&events, None);
         let restored = run(&events, Some(split));
@@ -888,7 +782,7 @@ apps:
     #[test]
     fn rate_spike_bounds_identities_and_state_size() {
         let spec = spec();
-        let registry = Registry::parse(REGISTRY, "test.yaml").unwrap();
+        let registry = registry();
         let mut detector = build(&spec, 50).unwrap();
         let t = monday();
         let cx = Context {

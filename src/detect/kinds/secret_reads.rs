@@ -602,11 +602,11 @@ impl Detector for SecretReads {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::kinds::testing::{self, Driver, monday, registered};
     use crate::event::{Product, ResolvedIdentity};
     use crate::generator::Rng;
     use crate::identity::Registry;
-    use chrono::{Duration, TimeZone};
-    use std::path::Path;
+    use chrono::Duration;
 
     const REGISTRY: &str = r#"
 apps:
@@ -625,92 +625,11 @@ apps:
 "#;
 
     fn spec() -> DetectorSpec {
-        DetectorSpec::parse(
-            include_str!("../../../detectors/mass_secret_read.toml"),
-            Path::new("detectors/mass_secret_read.toml"),
-        )
-        .unwrap()
+        testing::spec("mass_secret_read.toml")
     }
 
-    /// Monday 2026-11-23 00:00 UTC.
-    fn monday() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap()
-    }
-
-    /// Drives a detector as the engine does: filter, watermark = newest time − 60 s,
-    /// `advance` when it moves, late events dropped.
-    struct Driver {
-        spec: DetectorSpec,
-        registry: Registry,
-        detector: Box<dyn Detector>,
-        max_time: Option<DateTime<Utc>>,
-        watermark: Option<DateTime<Utc>>,
-        findings: Vec<Finding>,
-    }
-
-    impl Driver {
-        fn new(spec: DetectorSpec) -> Self {
-            let detector = build(&spec, 10_000).unwrap();
-            Driver {
-                spec,
-                registry: Registry::parse(REGISTRY, "test.yaml").unwrap(),
-                detector,
-                max_time: None,
-                watermark: None,
-                findings: Vec::new(),
-            }
-        }
-
-        fn advance_to(&mut self, watermark: DateTime<Utc>) {
-            if self.watermark.is_some_and(|w| w >= watermark) {
-                return;
-            }
-            self.watermark = Some(watermark);
-            let cx = Context {
-                registry: &self.registry,
-                watermark,
-                spec: &self.spec,
-            };
-            self.detector.advance(&cx, &mut self.findings);
-        }
-
-        fn feed(&mut self, event: &NormalizedEvent) {
-            if self.max_time.is_none_or(|m| event.time > m) {
-                self.max_time = Some(event.time);
-            }
-            let watermark = self.max_time.unwrap() - Duration::seconds(60);
-            self.advance_to(watermark);
-            if !self.spec.filter.matches(event) || event.time < watermark {
-                return;
-            }
-            let cx = Context {
-                registry: &self.registry,
-                watermark,
-                spec: &self.spec,
-            };
-            self.detector.observe(event, &cx, &mut self.findings);
-        }
-
-        fn feed_all(&mut self, events: &mut [NormalizedEvent]) {
-            events.sort_by_key(|e| e.time);
-            for e in events.iter() {
-                self.feed(e);
-            }
-        }
-
-        fn finish(&mut self) {
-            if let Some(max) = self.max_time {
-                self.advance_to(max + Duration::days(1));
-            }
-        }
-
-        fn variants(&self, identity: &str) -> Vec<&'static str> {
-            self.findings
-                .iter()
-                .filter(|f| f.identity == identity)
-                .map(|f| f.variant)
-                .collect()
-        }
+    fn registry() -> Registry {
+        testing::registry(REGISTRY)
     }
 
     fn identity(app: &str) -> ResolvedIdentity {
@@ -722,12 +641,7 @@ apps:
                 matched: None,
             }
         } else {
-            ResolvedIdentity {
-                status: IdentityStatus::Registered,
-                app_id: Some(app.to_string()),
-                key: format!("app:{app}"),
-                matched: None,
-            }
+            registered(app)
         }
     }
 
@@ -791,7 +705,7 @@ apps:
 
     #[test]
     fn secret_reads_mass_read_is_absolute_and_enumeration() {
-        let mut driver = Driver::new(spec());
+        let mut driver = Driver::new(spec(), registry());
         let incident = monday() + Duration::days(4) + Duration::hours(14) + Duration::minutes(24);
         let mut events = usual("billing-agent", monday(), 5 * 24, 20.0, 5, 1);
         events.extend(mass_read("billing-agent", incident, true));
@@ -834,7 +748,7 @@ apps:
     #[test]
     fn secret_reads_many_reads_of_usual_secrets_are_quiet() {
         // 200 reads per 10 minutes of the same 3 secrets for 5 days, with listings.
-        let mut driver = Driver::new(spec());
+        let mut driver = Driver::new(spec(), registry());
         let mut events = usual("billing-agent", monday(), 5 * 24, 1200.0, 3, 2);
         for h in 0..5 * 24 {
             events.push(list(
@@ -853,7 +767,7 @@ apps:
         let mut spec = spec();
         spec.params
             .insert("min_history_buckets".into(), toml::Value::Integer(1));
-        let mut driver = Driver::new(spec);
+        let mut driver = Driver::new(spec, registry());
         let mut events = usual("billing-agent", monday(), hours, 6.0, 3, 3);
         let at = monday() + Duration::hours(hours) + Duration::minutes(5);
         for k in 0..12 {
@@ -884,7 +798,7 @@ apps:
 
     #[test]
     fn secret_reads_baseline_finding_names_the_numbers() {
-        let mut driver = Driver::new(spec());
+        let mut driver = Driver::new(spec(), registry());
         let mut events = usual("billing-agent", monday(), 4 * 24, 6.0, 3, 3);
         let at = monday() + Duration::days(4) + Duration::hours(2);
         for k in 0..12 {
@@ -916,7 +830,7 @@ apps:
 
     #[test]
     fn secret_reads_unregistered_reader_at_once() {
-        let mut driver = Driver::new(spec());
+        let mut driver = Driver::new(spec(), registry());
         let t = monday() + Duration::hours(9);
         driver.feed(&read(t, "!0oa-shadow", "prod/crm/api-key"));
         // Emitted on observe, before any bucket closes.
@@ -947,7 +861,7 @@ apps:
             ["unregistered_reader", "unregistered_reader"]
         );
         // A registered app reading the same secret raises nothing.
-        let mut driver = Driver::new(spec());
+        let mut driver = Driver::new(spec(), registry());
         driver.feed(&read(t, "crm-sync", "prod/crm/api-key"));
         driver.finish();
         assert!(driver.findings.is_empty());
@@ -955,7 +869,7 @@ apps:
 
     #[test]
     fn secret_reads_batch_reads_count_every_secret() {
-        let mut driver = Driver::new(spec());
+        let mut driver = Driver::new(spec(), registry());
         let t = monday() + Duration::hours(9);
         let mut batch = read(t, "crm-sync", "");
         batch.resource = None;
@@ -992,22 +906,8 @@ apps:
         events.sort_by_key(|e| e.time);
         // Restore in the middle of the incident's bucket (listing seen, reads ongoing).
         let split = events.partition_point(|e| e.time < incident + Duration::minutes(2));
-        let run = |restore_at: Option<usize>| -> Vec<String> {
-            let mut driver = Driver::new(spec.clone());
-            for (i, e) in events.iter().enumerate() {
-                if restore_at == Some(i) {
-                    let saved = driver.detector.save();
-                    let mut fresh = build(&spec, 10_000).unwrap();
-                    for (k, v) in saved {
-                        let v: serde_json::Value = serde_json::from_str(&v.to_string()).unwrap();
-                        fresh.load(k, v).unwrap();
-                    }
-                    driver.detector = fresh;
-                }
-                driver.feed(e);
-            }
-            driver.finish();
-            driver.findings.iter().map(|f| format!("{f:?}")).collect()
+        let run = |restore_at: Option<usize>| {
+            Driver::new(spec.clone(), registry()).replay(&events, restore_at)
         };
         let uninterrupted = run(None);
         assert_eq!(uninterrupted.len(), 4, "{uninterrupted:#?}");
@@ -1017,7 +917,7 @@ apps:
     #[test]
     fn secret_reads_bounds_identities_and_distinct_secrets() {
         let spec = spec();
-        let registry = Registry::parse(REGISTRY, "test.yaml").unwrap();
+        let registry = registry();
         let t = monday();
         let cx = Context {
             registry: &registry,

@@ -1123,12 +1123,10 @@ impl Detector for TokenRegion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
 
-    use crate::event::{Product, ResolvedIdentity};
+    use crate::detect::kinds::testing::{self, monday, registered};
+    use crate::event::Product;
     use crate::identity::Registry;
-
-    const DEFAULT_FILE: &str = include_str!("../../../detectors/off_region_token.toml");
 
     const REGISTRY: &str = r#"
 apps:
@@ -1158,7 +1156,7 @@ apps:
     }
 
     fn default_spec() -> DetectorSpec {
-        DetectorSpec::parse(DEFAULT_FILE, Path::new("detectors/off_region_token.toml")).unwrap()
+        testing::spec("off_region_token.toml")
     }
 
     fn spec_with(edit: impl FnOnce(&mut toml::Table)) -> DetectorSpec {
@@ -1192,7 +1190,7 @@ apps:
 
         fn with_cap(spec: DetectorSpec, max_identities: usize) -> Harness {
             Harness {
-                registry: Registry::parse(REGISTRY, "test.yaml").unwrap(),
+                registry: testing::registry(REGISTRY),
                 detector: build(&spec, max_identities).unwrap(),
                 spec,
             }
@@ -1222,8 +1220,9 @@ apps:
         findings.iter().map(|f| f.variant).collect()
     }
 
+    /// `secs` seconds after 10:00 UTC on [`monday`].
     fn t(secs: i64) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap() + Duration::seconds(secs)
+        monday() + Duration::hours(10) + Duration::seconds(secs)
     }
 
     fn event(
@@ -1234,12 +1233,7 @@ apps:
         activity: &str,
     ) -> NormalizedEvent {
         let mut e = NormalizedEvent::new(t(secs), product, category, activity);
-        e.identity = Some(ResolvedIdentity {
-            status: IdentityStatus::Registered,
-            app_id: Some(app.to_string()),
-            key: format!("app:{app}"),
-            matched: None,
-        });
+        e.identity = Some(registered(app));
         e.vendor_event_id = Some(format!("{activity}-{secs}"));
         e
     }

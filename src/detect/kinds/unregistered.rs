@@ -567,25 +567,12 @@ impl Detector for Unregistered {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use chrono::TimeZone;
-
     use super::*;
+    use crate::detect::kinds::testing::{self, at, drive, resolve};
     use crate::identity::Registry;
 
-    const FILE: &str = include_str!("../../../detectors/unregistered_identity.toml");
-
-    /// 2026-11-23T00:00:00Z.
-    fn t0() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap()
-    }
-
-    fn at(secs: i64) -> DateTime<Utc> {
-        t0() + Duration::seconds(secs)
-    }
-
-    /// `invoice-bot` renewed 30 days before t0 (current); `old-bot` renewed 120 days before (lapsed).
+    /// `invoice-bot` renewed 30 days before [`testing::monday`] (current); `old-bot`
+    /// renewed 120 days before (lapsed).
     fn registry() -> Registry {
         let yaml = r#"
 apps:
@@ -609,11 +596,11 @@ apps:
     registered_on: 2026-05-01
     renewed_on: 2026-07-26
 "#;
-        Registry::parse(yaml, "test.yaml").unwrap()
+        testing::registry(yaml)
     }
 
     fn spec() -> DetectorSpec {
-        DetectorSpec::parse(FILE, Path::new("detectors/unregistered_identity.toml")).unwrap()
+        testing::spec("unregistered_identity.toml")
     }
 
     fn event(
@@ -628,57 +615,8 @@ apps:
         for (kind, value) in forms {
             e.actor.push(*kind, value);
         }
-        let matched = e.actor.refs.iter().find_map(|r| {
-            registry
-                .lookup(r.kind, &r.value)
-                .map(|a| (a.id.clone(), r.clone()))
-        });
-        e.identity = Some(match (matched, e.actor.refs.first()) {
-            (Some((app_id, r)), _) => ResolvedIdentity {
-                status: IdentityStatus::Registered,
-                key: format!("app:{app_id}"),
-                app_id: Some(app_id),
-                matched: Some(r),
-            },
-            (None, Some(primary)) => ResolvedIdentity {
-                status: IdentityStatus::Unregistered,
-                app_id: None,
-                key: format!("{}:{}", primary.kind.as_str(), primary.value),
-                matched: None,
-            },
-            (None, None) => ResolvedIdentity {
-                status: IdentityStatus::Anonymous,
-                app_id: None,
-                key: "anonymous".into(),
-                matched: None,
-            },
-        });
+        e.identity = Some(resolve(&e.actor, registry));
         e
-    }
-
-    /// Drives a detector as the engine does: filter, then `observe` with a
-    /// watermark of the latest event time − 60 s.
-    fn drive(
-        detector: &mut dyn Detector,
-        spec: &DetectorSpec,
-        registry: &Registry,
-        events: &[NormalizedEvent],
-    ) -> Vec<Finding> {
-        let mut out = Vec::new();
-        let mut latest = DateTime::<Utc>::MIN_UTC;
-        for e in events {
-            latest = latest.max(e.time);
-            if !spec.filter.matches(e) {
-                continue;
-            }
-            let cx = Context {
-                registry,
-                watermark: latest - Duration::seconds(60),
-                spec,
-            };
-            detector.observe(e, &cx, &mut out);
-        }
-        out
     }
 
     fn shadow_token(secs: i64, r: &Registry) -> NormalizedEvent {

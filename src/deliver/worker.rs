@@ -1,0 +1,318 @@
+//! Sink workers and the delivery front door: one task per sink delivers from
+//! the outbox with bounded in-flight requests and capped exponential backoff,
+//! so a sink that is down delays only itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::email::EmailSink;
+use super::http::HttpSink;
+use super::outbox::{Outbox, OutboxError};
+use super::router::Router;
+use super::{DeliveryError, SinkKind, SinkSettings};
+use crate::detect::Alert;
+
+/// The `[deliver]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverSettings {
+    /// Folder of the durable outbox (alert log and one cursor per sink).
+    pub outbox_dir: String,
+    /// Repeats for the same detector and identity within this many seconds (event
+    /// time) update the open alert's count instead of paging again.
+    pub group_window_secs: u64,
+    /// First retry delay after a failed delivery; doubles per failure.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay.
+    pub retry_max_ms: u64,
+    /// At shutdown, how long the sinks may keep delivering what is pending.
+    #[serde(default = "default_drain_secs")]
+    pub drain_on_shutdown_secs: u64,
+    /// The sinks. None: alerts go only to `alerts.file` / `alerts.topic`.
+    #[serde(default)]
+    pub sinks: Vec<SinkSettings>,
+}
+
+fn default_drain_secs() -> u64 {
+    5
+}
+
+impl DeliverSettings {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let key = format!("deliver.sinks[{i}].name");
+            if sink.name.is_empty()
+                || !sink
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err((key, "use letters, digits, `-` and `_` only".into()));
+            }
+            if !names.insert(sink.name.as_str()) {
+                return Err((key, format!("`{}` is used by two sinks", sink.name)));
+            }
+            if sink.max_in_flight == 0 || sink.max_in_flight > 64 {
+                return Err((
+                    format!("deliver.sinks[{i}].max_in_flight"),
+                    "must be between 1 and 64".into(),
+                ));
+            }
+        }
+        if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
+            return Err((
+                "deliver.retry_max_ms".into(),
+                "retry_initial_ms must be at least 1 and at most retry_max_ms".into(),
+            ));
+        }
+        if !self.sinks.is_empty() && self.outbox_dir.trim().is_empty() {
+            return Err((
+                "deliver.outbox_dir".into(),
+                "sinks need an outbox folder".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One sink, whatever its kind.
+pub enum Sink {
+    Http(Box<HttpSink>),
+    Email(Box<EmailSink>),
+}
+
+impl Sink {
+    pub fn new(settings: &SinkSettings) -> Result<Sink, String> {
+        match settings.kind {
+            SinkKind::Email { .. } => EmailSink::new(settings).map(|s| Sink::Email(Box::new(s))),
+            _ => HttpSink::new(settings).map(|s| Sink::Http(Box::new(s))),
+        }
+    }
+
+    pub async fn deliver(&self, alert: &Alert) -> Result<(), DeliveryError> {
+        match self {
+            Sink::Http(sink) => sink.deliver(alert).await,
+            Sink::Email(sink) => sink.deliver(alert).await,
+        }
+    }
+}
+
+/// Delivery counters (low-cardinality; per sink they go to logs).
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub delivered: AtomicU64,
+    pub retries: AtomicU64,
+    pub given_up: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error("deliver.sinks[{sink}]: {message}")]
+    Sink { sink: String, message: String },
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+/// The delivery path of the daemon: router, outbox, and one worker per sink.
+pub struct Delivery {
+    router: Router,
+    outbox: Option<Outbox>,
+    wake: Arc<Notify>,
+    workers: Vec<JoinHandle<()>>,
+    stats: Arc<DeliveryStats>,
+    shutdown: CancellationToken,
+}
+
+impl Delivery {
+    /// Opens the outbox and starts the sink workers (inside a tokio runtime).
+    /// The workers run until [`Delivery::stop`].
+    pub fn start(settings: &DeliverSettings) -> Result<Delivery, DeliverError> {
+        let shutdown = CancellationToken::new();
+        let router = Router::new(settings.group_window_secs, &settings.sinks);
+        let stats = Arc::new(DeliveryStats::default());
+        let wake = Arc::new(Notify::new());
+        if settings.sinks.is_empty() {
+            return Ok(Delivery {
+                router,
+                outbox: None,
+                wake,
+                workers: Vec::new(),
+                stats,
+                shutdown,
+            });
+        }
+        let names: Vec<String> = settings.sinks.iter().map(|s| s.name.clone()).collect();
+        let outbox = Outbox::open(std::path::Path::new(settings.outbox_dir.trim()), &names)?;
+        let backoff = (
+            Duration::from_millis(settings.retry_initial_ms),
+            Duration::from_millis(settings.retry_max_ms),
+        );
+        let mut workers = Vec::new();
+        for sink_settings in &settings.sinks {
+            let sink = Sink::new(sink_settings).map_err(|message| DeliverError::Sink {
+                sink: sink_settings.name.clone(),
+                message,
+            })?;
+            workers.push(tokio::spawn(run_sink(
+                Arc::new(sink),
+                sink_settings.clone(),
+                outbox.clone(),
+                backoff,
+                wake.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            )));
+        }
+        Ok(Delivery {
+            router,
+            outbox: Some(outbox),
+            wake,
+            workers,
+            stats,
+            shutdown,
+        })
+    }
+
+    /// Groups the alert, records actions on it, and queues it for the sinks when it pages.
+    pub fn submit(&mut self, alert: &mut Alert) -> Result<(), DeliverError> {
+        let page = self.router.route(alert);
+        if page && let Some(outbox) = &self.outbox {
+            outbox.append(alert)?;
+        }
+        Ok(())
+    }
+
+    /// Makes queued alerts durable, then wakes the sink workers.
+    pub fn sync(&self) -> Result<(), DeliverError> {
+        if let Some(outbox) = &self.outbox {
+            outbox.sync()?;
+            self.wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    pub fn outbox(&self) -> Option<&Outbox> {
+        self.outbox.as_ref()
+    }
+
+    pub fn stats(&self) -> Arc<DeliveryStats> {
+        self.stats.clone()
+    }
+
+    /// Gives the sinks up to `grace` to deliver what is pending, then stops the
+    /// workers; whatever is still pending stays in the outbox for the next start.
+    pub async fn stop(self, grace: Duration) {
+        if let Some(outbox) = &self.outbox {
+            let deadline = tokio::time::Instant::now() + grace;
+            while outbox.depth() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let left = outbox.depth();
+            if left > 0 {
+                tracing::warn!(
+                    pending = left,
+                    "stopping with undelivered alerts; they stay in the outbox"
+                );
+            }
+        }
+        self.shutdown.cancel();
+        for worker in self.workers {
+            let _ = worker.await;
+        }
+    }
+}
+
+/// Delivers one sink's backlog until shutdown.
+async fn run_sink(
+    sink: Arc<Sink>,
+    settings: SinkSettings,
+    outbox: Outbox,
+    (initial, max): (Duration, Duration),
+    wake: Arc<Notify>,
+    stats: Arc<DeliveryStats>,
+    shutdown: CancellationToken,
+) {
+    let name = settings.name.clone();
+    let mut failures: u32 = 0;
+    loop {
+        let batch = outbox.take(&name, settings.max_in_flight);
+        if batch.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake.notified() => continue,
+                // Also look again now and then, in case a wake-up came between take and wait.
+                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+            }
+        }
+        let mut attempts = JoinSet::new();
+        for (seq, alert) in batch {
+            if !settings.wants(&alert) {
+                if let Err(error) = outbox.finish(&name, seq) {
+                    tracing::error!(sink = %name, %error, "cannot record a skipped alert");
+                }
+                continue;
+            }
+            let sink = sink.clone();
+            let timeout = settings.timeout();
+            attempts.spawn(async move {
+                let result = match tokio::time::timeout(timeout, sink.deliver(&alert)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(DeliveryError::Retry(format!(
+                        "no answer within {timeout:?}"
+                    ))),
+                };
+                (seq, alert, result)
+            });
+        }
+        let mut retry = false;
+        loop {
+            let joined = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                joined = attempts.join_next() => joined,
+            };
+            let Some(joined) = joined else { break };
+            let Ok((seq, alert, result)) = joined else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    if let Err(error) = outbox.finish(&name, seq) {
+                        tracing::error!(sink = %name, %error, "cannot record a delivery");
+                    }
+                }
+                Err(DeliveryError::Fatal(message)) => {
+                    stats.given_up.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(sink = %name, alert = %alert.id, %message, "sink refused the alert; not retried");
+                    if let Err(error) = outbox.finish(&name, seq) {
+                        tracing::error!(sink = %name, %error, "cannot record a refused alert");
+                    }
+                }
+                Err(DeliveryError::Retry(message)) => {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(sink = %name, alert = %alert.id, %message, "delivery failed; will retry");
+                    outbox.release(&name, seq);
+                    retry = true;
+                }
+            }
+        }
+        if retry {
+            failures = failures.saturating_add(1);
+            let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+            let delay = initial.saturating_mul(factor).min(max);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        } else {
+            failures = 0;
+        }
+    }
+}
