@@ -204,6 +204,7 @@ fn demo_sinks(
                 password: None,
                 from: "appwarden-demo@localhost".into(),
                 soc: vec![options.email_to.clone()],
+                soc_min_severity: None,
                 notify_owners: false,
             },
         });

@@ -190,11 +190,15 @@ pub fn recipients(settings: &SinkSettings, alert: &Alert) -> Vec<String> {
 /// list the contacts are the `To`.
 fn recipient_groups(settings: &SinkSettings, alert: &Alert) -> (Vec<Mailbox>, Vec<Mailbox>) {
     let SinkKind::Email {
-        soc, notify_owners, ..
+        soc,
+        notify_owners,
+        soc_min_severity,
+        ..
     } = &settings.kind
     else {
         return (Vec::new(), Vec::new());
     };
+    let soc_wants = soc_min_severity.is_none_or(|min| alert.severity >= min);
     let mut seen = HashSet::new();
     let mut unique = |candidates: &mut dyn Iterator<Item = &String>| -> Vec<Mailbox> {
         candidates
@@ -202,7 +206,11 @@ fn recipient_groups(settings: &SinkSettings, alert: &Alert) -> (Vec<Mailbox>, Ve
             .filter(|mailbox| seen.insert(mailbox.email.to_string().to_ascii_lowercase()))
             .collect()
     };
-    let to = unique(&mut soc.iter());
+    let to = if soc_wants {
+        unique(&mut soc.iter())
+    } else {
+        Vec::new()
+    };
     let contacts = match (&alert.app, notify_owners) {
         (Some(app), true) => unique(&mut std::iter::once(&app.owner).chain(&app.escalation)),
         _ => Vec::new(),
@@ -500,6 +508,7 @@ mod tests {
                 password: None,
                 from: "AppWarden <appwarden@corp.example>".into(),
                 soc: soc.iter().map(|s| s.to_string()).collect(),
+                soc_min_severity: None,
                 notify_owners,
             },
         }
@@ -590,6 +599,20 @@ mod tests {
         let mut unregistered = alert("alice@corp.example", None);
         unregistered.app = None;
         assert!(recipients(&settings(&[], true), &unregistered).is_empty());
+    }
+
+    #[test]
+    fn soc_threshold_applies_to_the_soc_only() {
+        let mut s = settings(&["soc@corp.example"], true);
+        if let SinkKind::Email {
+            soc_min_severity, ..
+        } = &mut s.kind
+        {
+            *soc_min_severity = Some(Severity::Critical);
+        }
+        let got = recipients(&s, &alert("owner@corp.example", None));
+        assert!(!got.iter().any(|r| r.contains("soc@")), "{got:?}");
+        assert!(!got.is_empty(), "the owner still gets it");
     }
 
     #[test]

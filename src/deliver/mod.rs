@@ -86,8 +86,12 @@ pub enum SinkKind {
         password: Option<SecretRef>,
         /// Sender address.
         from: String,
-        /// SOC mailbox: gets every alert at or above `min_severity`.
+        /// SOC mailbox: gets every alert at or above `soc_min_severity`.
         soc: Vec<String>,
+        /// The SOC's threshold, when it differs from the sink's `min_severity`
+        /// (which then applies to owners): e.g. owners get `low` and up, the SOC `high` and up.
+        #[serde(default)]
+        soc_min_severity: Option<Severity>,
         /// Also send each app's alerts to its owner and escalation contact.
         #[serde(default)]
         notify_owners: bool,

@@ -170,6 +170,10 @@ impl Shard {
     }
 
     fn advance(&mut self, watermark: DateTime<Utc>, registry: &Registry, out: &mut Vec<Alert>) {
+        // MIN_UTC stands for "no watermark yet": nothing closes.
+        if watermark == DateTime::<Utc>::MIN_UTC {
+            return;
+        }
         if self.watermark.is_some_and(|w| w >= watermark) {
             return;
         }
@@ -191,7 +195,9 @@ impl Shard {
             .is_none_or(|last| watermark - last >= Duration::hours(1));
         if due {
             self.last_eviction = Some(watermark);
-            let before = watermark - self.idle;
+            let before = watermark
+                .checked_sub_signed(self.idle)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
             for sd in &mut self.detectors {
                 let n = sd.detector.evict_idle(before);
                 self.stats
@@ -485,15 +491,19 @@ impl Engine {
         for event in events {
             self.stats.events.fetch_add(1, Ordering::Relaxed);
             self.observe_time(event);
-            let mark = self.watermark().unwrap_or(event.time);
+            // No watermark yet (nothing seen): windows stay open and nothing is late.
+            let mark = self.watermark().unwrap_or(DateTime::<Utc>::MIN_UTC);
             if event.time < mark {
                 self.stats.late_events.fetch_add(1, Ordering::Relaxed);
             }
             per_shard[shard_of(identity_key(event), n)].push((event.clone(), mark));
         }
-        let Some(watermark) = final_watermark.or_else(|| self.watermark()) else {
+        if events.is_empty() && final_watermark.is_none() && self.watermark().is_none() {
             return Ok(Vec::new());
-        };
+        }
+        let watermark = final_watermark
+            .or_else(|| self.watermark())
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let mut replies = Vec::with_capacity(n);
         for (shard, items) in self.shards.iter().zip(per_shard) {
             let (reply, rx) = oneshot::channel();

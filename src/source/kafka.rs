@@ -285,12 +285,16 @@ struct RunState {
     /// When the open batch must be flushed, however many records it has.
     batch_deadline: Option<tokio::time::Instant>,
     snapshots: Option<SnapshotPolicy>,
+    /// Batches committed since the last snapshot.
+    unsaved: bool,
 }
 
 impl RunState {
     /// Forgets partitions taken away in a rebalance: their records of the open
     /// batch will be read again by the next owner (outputs already written stay,
     /// as at-least-once allows), so they must not also reach the detectors here.
+    /// Their last durable position stays: eager rebalancing revokes everything and
+    /// usually hands the same partitions back, and the snapshot must still cover them.
     fn drop_partitions(&mut self, revoked: &[(String, i32)], engine: &mut Engine) {
         let gone = |topic: &str, partition: i32| {
             revoked.iter().any(|(t, p)| t == topic && *p == partition)
@@ -309,7 +313,6 @@ impl RunState {
             self.batch.records = 0;
             self.batch_deadline = None;
         }
-        self.position.retain(|(t, p), _| !gone(t, *p));
         for (topic, partition) in revoked {
             engine.forget_source(topic, *partition);
         }
@@ -398,6 +401,7 @@ impl KafkaSource {
             last_snapshot: Instant::now(),
             batch_deadline: None,
             snapshots: snapshots.clone(),
+            unsaved: false,
         };
         let result = self
             .consume(pipeline, outputs, engine, delivery, &mut run, shutdown)
@@ -481,11 +485,25 @@ impl KafkaSource {
             if !revoked.is_empty() {
                 run.drop_partitions(&revoked, engine);
             }
+            // While idle with unsaved state, a snapshot is taken when one falls due.
+            let idle_snapshot = run
+                .snapshots
+                .as_ref()
+                .filter(|_| run.unsaved)
+                .map(|p| p.interval.saturating_sub(run.last_snapshot.elapsed()));
             let next = match run.batch_deadline {
                 None => tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => None,
                     m = self.consumer.recv() => Some(m),
+                    _ = tokio::time::sleep(idle_snapshot.unwrap_or_default()), if idle_snapshot.is_some() => {
+                        if let Some(policy) = &run.snapshots {
+                            self.snapshot(policy, pipeline, engine, &run.position).await?;
+                        }
+                        run.last_snapshot = Instant::now();
+                        run.unsaved = false;
+                        continue;
+                    }
                 },
                 Some(deadline) => tokio::select! {
                     biased;
@@ -600,12 +618,14 @@ impl KafkaSource {
         self.progress
             .batches_committed
             .fetch_add(1, Ordering::Relaxed);
+        run.unsaved = true;
         if let Some(policy) = &run.snapshots
             && run.last_snapshot.elapsed() >= policy.interval
         {
             self.snapshot(policy, pipeline, engine, &run.position)
                 .await?;
             run.last_snapshot = Instant::now();
+            run.unsaved = false;
         }
         Ok(())
     }

@@ -189,6 +189,7 @@ fn settings(port: u16, notify_owners: bool) -> SinkSettings {
             password: None,
             from: "AppWarden <appwarden@corp.example>".into(),
             soc: vec![SOC.into()],
+            soc_min_severity: None,
             notify_owners,
         },
     }

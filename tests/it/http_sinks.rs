@@ -688,6 +688,7 @@ async fn an_email_sink_is_not_delivered_over_http() {
             password: None,
             from: "appwarden@example.com".into(),
             soc: vec!["soc@example.com".into()],
+            soc_min_severity: None,
             notify_owners: false,
         },
     ))

@@ -1,6 +1,7 @@
 //! Integration tests: one test crate (every test binary links everything), one module per area.
 
 mod cli;
+mod delivery;
 mod detection;
 mod docs;
 mod email_sink;
