@@ -74,6 +74,9 @@ struct Inner {
     cursors: BTreeMap<String, Cursor>,
     /// Entries in flight per sink (taken, not yet finished).
     in_flight: BTreeMap<String, BTreeSet<u64>>,
+    /// Ids of alerts lately delivered to every sink, oldest first (bounded), so an
+    /// alert detected again after a restart re-read its input is not sent twice.
+    delivered: std::collections::VecDeque<String>,
     unsynced: bool,
 }
 
@@ -84,6 +87,8 @@ pub struct Outbox {
 }
 
 const LOG: &str = "alerts.log";
+/// How many delivered alert ids are remembered against re-detection.
+const RECENTLY_DELIVERED: usize = 10_000;
 
 impl Outbox {
     /// Opens (or creates) the outbox in `dir` for the named sinks, replaying the
@@ -142,6 +147,7 @@ impl Outbox {
             pending,
             cursors,
             in_flight: BTreeMap::new(),
+            delivered: std::collections::VecDeque::new(),
             unsynced: false,
         };
         inner.compact()?;
@@ -157,9 +163,17 @@ impl Outbox {
         }
     }
 
-    /// Appends an alert; it is durable after the next [`Outbox::sync`].
+    /// Appends an alert; it is durable after the next [`Outbox::sync`]. An alert
+    /// whose id is already pending (detected again after a restart re-read its
+    /// input) is not queued twice.
     pub fn append(&self, alert: &Alert) -> Result<u64, OutboxError> {
         let mut inner = self.lock();
+        if let Some((seq, _)) = inner.pending.iter().find(|(_, a)| a.id == alert.id) {
+            return Ok(*seq);
+        }
+        if inner.delivered.iter().any(|id| *id == alert.id) {
+            return Ok(0);
+        }
         let seq = inner.next_seq;
         let mut line = serde_json::to_vec(&Entry {
             seq,
@@ -239,8 +253,13 @@ impl Outbox {
         let tmp = dir.join(format!("{sink}.cursor.tmp"));
         std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        if inner.cursors.values().all(|c| c.done(seq)) {
-            inner.pending.remove(&seq);
+        if inner.cursors.values().all(|c| c.done(seq))
+            && let Some(alert) = inner.pending.remove(&seq)
+        {
+            if inner.delivered.len() >= RECENTLY_DELIVERED {
+                inner.delivered.pop_front();
+            }
+            inner.delivered.push_back(alert.id.clone());
         }
         Ok(())
     }
@@ -348,6 +367,18 @@ mod tests {
         assert_eq!(outbox.depth(), 0, "compaction keeps nothing delivered");
         let log = std::fs::read_to_string(dir.path().join(LOG)).unwrap();
         assert!(log.is_empty());
+    }
+
+    #[test]
+    fn an_alert_already_pending_is_not_queued_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path(), &["s".to_string()]).unwrap();
+        let first = outbox.append(&alert(1)).unwrap();
+        assert_eq!(outbox.append(&alert(1)).unwrap(), first);
+        assert_eq!(outbox.backlog("s"), 1);
+        outbox.finish("s", first).unwrap();
+        outbox.append(&alert(1)).unwrap();
+        assert_eq!(outbox.backlog("s"), 0, "a delivered alert detected again is not resent");
     }
 
     #[test]
