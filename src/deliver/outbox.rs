@@ -378,7 +378,11 @@ mod tests {
         assert_eq!(outbox.backlog("s"), 1);
         outbox.finish("s", first).unwrap();
         outbox.append(&alert(1)).unwrap();
-        assert_eq!(outbox.backlog("s"), 0, "a delivered alert detected again is not resent");
+        assert_eq!(
+            outbox.backlog("s"),
+            0,
+            "a delivered alert detected again is not resent"
+        );
     }
 
     #[test]
