@@ -253,6 +253,12 @@ fn check_config(config: Option<&Path>) -> anyhow::Result<()> {
         settings.registry.path.display(),
         registry.apps().len()
     );
+    for sink in &settings.deliver.sinks {
+        // Builds the sink as `run` would: secrets resolve, addresses and URLs parse.
+        appwarden::deliver::worker::Sink::new(sink)
+            .map_err(|e| anyhow::anyhow!("deliver.sinks[{}]: {e}", sink.name))?;
+        println!("# sink {}: ok", sink.name);
+    }
     Ok(())
 }
 

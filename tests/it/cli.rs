@@ -237,3 +237,32 @@ fn check_config_names_the_detector_file_and_key_at_fault() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("# detectors from"));
 }
+
+#[test]
+fn check_config_builds_the_sinks_and_names_a_missing_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sinks.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[deliver.sinks]]
+name = "soc-webhook"
+kind = "webhook"
+url = "https://soc.example.com/hook"
+signing_key = { env = "APPWARDEN_TEST_SURELY_UNSET_KEY" }
+"#,
+    )
+    .expect("write");
+    let output = appwarden()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("soc-webhook") && stderr.contains("APPWARDEN_TEST_SURELY_UNSET_KEY"),
+        "{stderr}"
+    );
+}
