@@ -104,13 +104,17 @@ fn harness(
     std::fs::write(&registry, REGISTRY).expect("registry written");
     let base = unique("it");
     let topic_names: HashMap<&'static str, String> = [
-        "sso", "secrets", "gateway", "squid", "generic", "events", "dead",
+        "sso", "secrets", "gateway", "squid", "generic", "events", "dead", "alerts",
     ]
     .into_iter()
     .map(|s| (s, format!("{base}.{s}")))
     .collect();
     for (suffix, name) in &topic_names {
-        let partitions = if *suffix == "dead" { 1 } else { 2 };
+        let partitions = if matches!(*suffix, "dead" | "alerts") {
+            1
+        } else {
+            2
+        };
         cluster
             .create_topic(name, partitions, 1)
             .expect("topic created");
@@ -274,12 +278,12 @@ fn high_watermarks(settings: &Settings, topic: &str, partitions: i32) -> Vec<i64
 }
 
 /// Reads every record of an output topic: (key, value).
-fn read_topic(
+fn read_topic<T: serde::de::DeserializeOwned>(
     settings: &Settings,
     topic: &str,
     partitions: i32,
     expected: usize,
-) -> Vec<(String, NormalizedEvent)> {
+) -> Vec<(String, T)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka.brokers)
         .set("group.id", unique("reader"))
@@ -376,7 +380,8 @@ async fn every_format_is_decoded_resolved_and_committed() {
     }
 
     // The events topic carries the same events, keyed by identity.
-    let published = read_topic(&h.settings, &h.topic_names["events"], 2, events.len());
+    let published: Vec<(String, NormalizedEvent)> =
+        read_topic(&h.settings, &h.topic_names["events"], 2, events.len());
     assert_eq!(published.len(), events.len());
     assert!(published.iter().all(|(key, e)| key == "app:reports-bot"
         && e.identity.as_ref().map(|i| i.key.as_str()) == Some("app:reports-bot")));
@@ -478,6 +483,7 @@ async fn restart_restores_baselines_without_a_first_seen_flood() {
     });
     std::fs::write(&h.settings.registry.path, world.registry_yaml()).expect("registry");
     h.settings.output.events_topic = String::new();
+    h.settings.alerts.topic = h.topic_names["alerts"].clone();
     let records = world.records();
     let cut = records
         .iter()
@@ -515,4 +521,12 @@ async fn restart_restores_baselines_without_a_first_seen_flood() {
         [format!("\"new_egress_domain\" \"app:{}\"", app.id)],
         "after the restart only the new domain alerts"
     );
+    // The alerts topic carries every alert of both runs, keyed by identity.
+    let on_topic: Vec<(String, serde_json::Value)> =
+        read_topic(&h.settings, &h.topic_names["alerts"], 1, alerts.len());
+    assert_eq!(on_topic.len(), alerts.len());
+    for ((key, alert), written) in on_topic.iter().zip(&alerts) {
+        assert_eq!(alert["id"], written["id"]);
+        assert_eq!(alert["identity"].as_str(), Some(key.as_str()));
+    }
 }
