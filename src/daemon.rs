@@ -84,7 +84,8 @@ impl Daemon {
             settings.registry.issued_credentials_max,
             stats,
         )
-        .with_max_future(settings.input.max_future_secs);
+        .with_max_future(settings.input.max_future_secs)
+        .with_max_dead_letter_payload(settings.dead_letter.max_payload_bytes);
         let outputs = build_outputs(settings, true)?;
         let source = KafkaSource::new(&settings.kafka)?;
         let engine = Engine::start(&settings.detect)?;

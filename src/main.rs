@@ -192,7 +192,8 @@ async fn replay(
         settings.registry.issued_credentials_max,
         stats.clone(),
     )
-    .with_max_future(settings.input.max_future_secs);
+    .with_max_future(settings.input.max_future_secs)
+    .with_max_dead_letter_payload(settings.dead_letter.max_payload_bytes);
     let mut outputs = build_outputs(&settings, false)?;
     if let Some(path) = events_out {
         outputs.events_file = Some(NdjsonWriter::open(path)?);

@@ -33,10 +33,36 @@ pub struct DeadLetter {
     /// The record in base64, when it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
+    /// Set when only the first `dead_letter.max_payload_bytes` of the record are kept
+    /// (the whole record stays at its coordinates); `payload_sha256` identifies it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub payload_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_sha256: Option<String>,
 }
 
 impl DeadLetter {
-    fn new(error: &DecodeError, format: Format, origin: Origin, payload: &[u8]) -> Self {
+    fn new(
+        error: &DecodeError,
+        format: Format,
+        origin: Origin,
+        record: &[u8],
+        max_payload: usize,
+    ) -> Self {
+        // A dead letter must always fit its topic: an oversized record keeps a prefix
+        // and its hash, so it can neither be lost silently nor block the pipeline.
+        let truncated = record.len() > max_payload;
+        let mut payload = &record[..record.len().min(max_payload)];
+        if truncated && let Err(e) = std::str::from_utf8(payload) {
+            payload = &payload[..e.valid_up_to()];
+        }
+        let sha256 = truncated.then(|| {
+            use sha2::Digest;
+            sha2::Sha256::digest(record)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        });
         // Text with control characters would grow up to six-fold when JSON-escaped;
         // base64 keeps every dead letter within a third of its record's size.
         let printable = |text: &str| {
@@ -57,9 +83,11 @@ impl DeadLetter {
             format,
             origin,
             observed_time: Utc::now(),
-            payload_bytes: payload.len(),
+            payload_bytes: record.len(),
             payload: text,
             payload_base64: b64,
+            payload_truncated: truncated,
+            payload_sha256: sha256,
         }
     }
 
@@ -80,6 +108,7 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     warn: RateLimitedLog,
     max_future: chrono::Duration,
+    max_dead_letter_payload: usize,
 }
 
 impl Pipeline {
@@ -88,6 +117,12 @@ impl Pipeline {
     pub fn with_max_future(mut self, max_future_secs: u64) -> Self {
         self.max_future =
             chrono::Duration::seconds(max_future_secs.min(i64::MAX as u64 / 2000) as i64);
+        self
+    }
+
+    /// Dead letters keep at most this many bytes of their record (the rest is named by hash).
+    pub fn with_max_dead_letter_payload(mut self, bytes: usize) -> Self {
+        self.max_dead_letter_payload = bytes.max(64);
         self
     }
 
@@ -104,6 +139,7 @@ impl Pipeline {
             stats,
             warn: RateLimitedLog::new(Duration::from_secs(10)),
             max_future: chrono::Duration::days(1),
+            max_dead_letter_payload: 256 * 1024,
         }
     }
 
@@ -177,7 +213,13 @@ impl Pipeline {
                     "record cannot be decoded; dead-lettered"
                 );
             }
-            return Err(Box::new(DeadLetter::new(&error, format, origin, payload)));
+            return Err(Box::new(DeadLetter::new(
+                &error,
+                format,
+                origin,
+                payload,
+                self.max_dead_letter_payload,
+            )));
         }
 
         let added = out.len() - start;
@@ -278,6 +320,29 @@ mod tests {
             .process(Format::Auto, &opts, &controls, origin(2), &mut out)
             .unwrap_err();
         assert!(dl.payload.is_none() && dl.payload_base64.is_some());
+    }
+
+    #[test]
+    fn large_dead_letters_keep_a_prefix_and_a_hash() {
+        let mut p = pipeline(1 << 20).with_max_dead_letter_payload(100);
+        let big = "é".repeat(200).into_bytes();
+        let dl = p
+            .process(
+                Format::Generic,
+                &DecodeOptions::default(),
+                &big,
+                origin(1),
+                &mut Vec::new(),
+            )
+            .unwrap_err();
+        assert!(dl.payload_truncated);
+        assert_eq!(dl.payload_bytes, 400);
+        let kept = dl.payload.as_deref().unwrap();
+        assert!(
+            kept.len() <= 100 && !kept.is_empty(),
+            "cut on a character boundary"
+        );
+        assert_eq!(dl.payload_sha256.as_deref().map(str::len), Some(64));
     }
 
     #[test]

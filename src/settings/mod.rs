@@ -155,6 +155,15 @@ pub struct DeadLetterSettings {
     /// NDJSON file for dead letters (appended). Empty: none. At least one of the two is required.
     #[serde(default)]
     pub file: String,
+    /// Bytes of a bad record kept in its dead letter; larger records keep this prefix
+    /// and their SHA-256 (the whole record stays at its Kafka coordinates), so a dead
+    /// letter always fits the dead-letter topic.
+    #[serde(default = "default_dead_letter_payload")]
+    pub max_payload_bytes: usize,
+}
+
+fn default_dead_letter_payload() -> usize {
+    256 * 1024
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
