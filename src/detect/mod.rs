@@ -53,17 +53,56 @@ pub trait Detector: Send {
         false
     }
 
+    /// The detector's per-identity state.
+    fn store(&self) -> &dyn StateStore;
+
+    fn store_mut(&mut self) -> &mut dyn StateStore;
+
     /// Identities tracked now.
-    fn tracked(&self) -> usize;
+    fn tracked(&self) -> usize {
+        self.store().tracked()
+    }
 
     /// Forgets identities not seen since `before`; returns how many.
-    fn evict_idle(&mut self, before: DateTime<Utc>) -> usize;
+    fn evict_idle(&mut self, before: DateTime<Utc>) -> usize {
+        self.store_mut().evict_idle(before)
+    }
 
     /// State per identity, for snapshots.
-    fn save(&self) -> Vec<(String, serde_json::Value)>;
+    fn save(&self) -> Vec<(String, serde_json::Value)> {
+        self.store().save()
+    }
 
     /// Restores one identity's state from a snapshot.
+    fn load(&mut self, key: String, state: serde_json::Value) -> Result<(), String> {
+        self.store_mut().load(key, state)
+    }
+}
+
+/// Per-identity state as the engine handles it: counted, evicted, saved, restored.
+pub trait StateStore {
+    fn tracked(&self) -> usize;
+    fn evict_idle(&mut self, before: DateTime<Utc>) -> usize;
+    fn save(&self) -> Vec<(String, serde_json::Value)>;
     fn load(&mut self, key: String, state: serde_json::Value) -> Result<(), String>;
+}
+
+impl<S: Default + Serialize + DeserializeOwned> StateStore for IdentityMap<S> {
+    fn tracked(&self) -> usize {
+        self.len()
+    }
+
+    fn evict_idle(&mut self, before: DateTime<Utc>) -> usize {
+        IdentityMap::evict_idle(self, before)
+    }
+
+    fn save(&self) -> Vec<(String, serde_json::Value)> {
+        IdentityMap::save(self)
+    }
+
+    fn load(&mut self, key: String, state: serde_json::Value) -> Result<(), String> {
+        IdentityMap::load(self, key, state)
+    }
 }
 
 /// Per-identity state with a hard cap: when full, the least recently seen

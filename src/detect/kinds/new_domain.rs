@@ -39,7 +39,7 @@ use serde_json::json;
 use super::unregistered::{capitalize, describe_actor, point_window};
 use crate::detect::alert::{EventRef, Evidence, Finding, sql_str};
 use crate::detect::spec::{DetectorSpec, SpecError};
-use crate::detect::{Context, Detector, IdentityMap};
+use crate::detect::{Context, Detector, IdentityMap, StateStore};
 use crate::event::{IdentityStatus, NormalizedEvent, PrincipalKind};
 
 /// Parameters of the kind (`[params]` of the detector file).
@@ -365,6 +365,14 @@ pub fn build(spec: &DetectorSpec, max_identities: usize) -> Result<Box<dyn Detec
 }
 
 impl Detector for NewDomain {
+    fn store(&self) -> &dyn StateStore {
+        &self.state
+    }
+
+    fn store_mut(&mut self) -> &mut dyn StateStore {
+        &mut self.state
+    }
+
     fn observe(&mut self, event: &NormalizedEvent, cx: &Context<'_>, out: &mut Vec<Finding>) {
         let Some(identity) = event.identity.as_ref() else {
             return;
@@ -490,22 +498,6 @@ impl Detector for NewDomain {
             state.domains.insert(&domain);
         }
         out.push(finding);
-    }
-
-    fn tracked(&self) -> usize {
-        self.state.len()
-    }
-
-    fn evict_idle(&mut self, before: DateTime<Utc>) -> usize {
-        self.state.evict_idle(before)
-    }
-
-    fn save(&self) -> Vec<(String, serde_json::Value)> {
-        self.state.save()
-    }
-
-    fn load(&mut self, key: String, state: serde_json::Value) -> Result<(), String> {
-        self.state.load(key, state)
     }
 }
 

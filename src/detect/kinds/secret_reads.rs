@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::alert::{EventRef, Evidence, Finding, sql_str};
 use crate::detect::spec::{DetectorSpec, SpecError};
-use crate::detect::{Context, Detector, IdentityMap};
+use crate::detect::{Context, Detector, IdentityMap, StateStore};
 use crate::event::{Category, IdentityStatus, NormalizedEvent};
 
 /// Events kept as samples per bucket.
@@ -455,6 +455,14 @@ fn unregistered_reader(
 }
 
 impl Detector for SecretReads {
+    fn store(&self) -> &dyn StateStore {
+        &self.map
+    }
+
+    fn store_mut(&mut self) -> &mut dyn StateStore {
+        &mut self.map
+    }
+
     fn observe(&mut self, event: &NormalizedEvent, cx: &Context<'_>, out: &mut Vec<Finding>) {
         let listing = match event.category {
             Category::SecretRead => false,
@@ -576,18 +584,6 @@ impl Detector for SecretReads {
 
     fn windowed(&self) -> bool {
         true
-    }
-
-    fn tracked(&self) -> usize {
-        self.map.len()
-    }
-
-    fn evict_idle(&mut self, before: DateTime<Utc>) -> usize {
-        self.map.evict_idle(before)
-    }
-
-    fn save(&self) -> Vec<(String, serde_json::Value)> {
-        self.map.save()
     }
 
     fn load(&mut self, key: String, state: serde_json::Value) -> Result<(), String> {

@@ -42,11 +42,11 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
 use crate::detect::alert::{EventRef, Evidence, Finding, sql_str};
 use crate::detect::spec::{DetectorSpec, SpecError};
-use crate::detect::{Context, Detector, IdentityMap};
+use crate::detect::{Context, Detector, IdentityMap, StateStore};
 use crate::event::{Category, IdentityStatus, NormalizedEvent};
 use crate::identity::App;
 
@@ -1019,6 +1019,14 @@ impl fmt::Display for Who<'_> {
 }
 
 impl Detector for TokenRegion {
+    fn store(&self) -> &dyn StateStore {
+        &self.map
+    }
+
+    fn store_mut(&mut self) -> &mut dyn StateStore {
+        &mut self.map
+    }
+
     fn observe(&mut self, event: &NormalizedEvent, cx: &Context<'_>, out: &mut Vec<Finding>) {
         let Some(identity) = &event.identity else {
             return;
@@ -1101,22 +1109,6 @@ impl Detector for TokenRegion {
                 ev: EventRef::of(event),
             });
         }
-    }
-
-    fn tracked(&self) -> usize {
-        self.map.len()
-    }
-
-    fn evict_idle(&mut self, before: DateTime<Utc>) -> usize {
-        self.map.evict_idle(before)
-    }
-
-    fn save(&self) -> Vec<(String, Value)> {
-        self.map.save()
-    }
-
-    fn load(&mut self, key: String, state: Value) -> Result<(), String> {
-        self.map.load(key, state)
     }
 }
 

@@ -36,7 +36,7 @@ use serde_json::json;
 
 use crate::detect::alert::{EventRef, Evidence, Finding, sql_str};
 use crate::detect::spec::{DetectorSpec, SpecError};
-use crate::detect::{Context, Detector, IdentityMap};
+use crate::detect::{Context, Detector, IdentityMap, StateStore};
 use crate::event::{
     Category, IdentityStatus, NormalizedEvent, Outcome, PrincipalKind, Product, ResolvedIdentity,
 };
@@ -530,6 +530,14 @@ pub(super) fn capitalize(text: &str) -> String {
 }
 
 impl Detector for Unregistered {
+    fn store(&self) -> &dyn StateStore {
+        &self.state
+    }
+
+    fn store_mut(&mut self) -> &mut dyn StateStore {
+        &mut self.state
+    }
+
     fn observe(&mut self, event: &NormalizedEvent, cx: &Context<'_>, out: &mut Vec<Finding>) {
         let Some(identity) = event.identity.as_ref() else {
             return;
@@ -546,22 +554,6 @@ impl Detector for Unregistered {
         if event.category == Category::IdentityAdmin {
             self.outside_onboarding(event, identity, cx, out);
         }
-    }
-
-    fn tracked(&self) -> usize {
-        self.state.len()
-    }
-
-    fn evict_idle(&mut self, before: DateTime<Utc>) -> usize {
-        self.state.evict_idle(before)
-    }
-
-    fn save(&self) -> Vec<(String, serde_json::Value)> {
-        self.state.save()
-    }
-
-    fn load(&mut self, key: String, state: serde_json::Value) -> Result<(), String> {
-        self.state.load(key, state)
     }
 }
 
