@@ -274,7 +274,7 @@ pub enum Origin {
 pub struct NormalizedEvent {
     /// Event time, as the vendor recorded it (OCSF `time`).
     pub time: DateTime<Utc>,
-    /// When AppWarden read the record (OCSF `metadata.logged_time`).
+    /// When AppWarden read the record (OCSF `metadata.logged_time`); set by the pipeline.
     pub observed_time: DateTime<Utc>,
     pub source_kind: SourceKind,
     /// The vendor product (OCSF `metadata.product.name`).
@@ -355,7 +355,8 @@ impl NormalizedEvent {
     ) -> Self {
         NormalizedEvent {
             time,
-            observed_time: Utc::now(),
+            // The pipeline stamps the read time once per record; decoders need no clock.
+            observed_time: time,
             source_kind: product.default_source_kind(),
             product,
             category,
