@@ -19,16 +19,22 @@ if ! pkg-config --exists openssl 2>/dev/null; then
   fi
 fi
 
-# The email sink's tests deliver to a real SMTP server: aiosmtpd, run as a child
-# process by the tests. Install it for this user when it is not importable yet.
-if ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
-  echo "== installing aiosmtpd (the SMTP server the email sink tests deliver to)"
-  if ! python3 -m pip install --quiet --user aiosmtpd || ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
-    echo "error: cannot install the Python package aiosmtpd (needed by the email sink tests);" >&2
-    echo "       install it by hand: python3 -m pip install --user aiosmtpd" >&2
-    exit 1
+# Python packages the tests run as real peers: aiosmtpd (the SMTP server the
+# email sink tests deliver to) and duckdb (reads our Parquet history to check it
+# against DuckDB). Installed for this user when not importable yet.
+need_python_package() {
+  local module="$1" package="$2" why="$3"
+  if ! python3 -c "import $module" >/dev/null 2>&1; then
+    echo "== installing $package ($why)"
+    if ! python3 -m pip install --quiet --user "$package" || ! python3 -c "import $module" >/dev/null 2>&1; then
+      echo "error: cannot install the Python package $package ($why);" >&2
+      echo "       install it by hand: python3 -m pip install --user $package" >&2
+      exit 1
+    fi
   fi
-fi
+}
+need_python_package aiosmtpd aiosmtpd "the SMTP server the email sink tests deliver to"
+need_python_package duckdb duckdb "the reference reader of our Parquet history"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== cargo fmt --check"

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::deliver::worker::{DeliverError, DeliverSettings, Delivery};
 use crate::detect::Engine;
 use crate::detect::engine::EngineError;
+use crate::history::HistoryWriter;
 use crate::identity::{RegistryError, RegistryHandle, RegistryReloader};
 use crate::pipeline::Pipeline;
 use crate::settings::Settings;
@@ -44,6 +45,9 @@ pub fn build_outputs(settings: &Settings, kafka: bool) -> Result<Outputs, Daemon
     }
     if let Some(file) = non_empty(&settings.alerts.file) {
         outputs.alerts_file = Some(NdjsonWriter::open(Path::new(&file))?);
+    }
+    if settings.history.enabled() {
+        outputs.history = Some(HistoryWriter::start(&settings.history).map_err(SinkError::from)?);
     }
     if kafka {
         let config = client_config(&settings.kafka)?;

@@ -1,8 +1,6 @@
 //! `appwarden demo`: the whole daemon on librdkafka's in-process mock cluster,
 //! fed by the traffic generator, with a live summary and a final report.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::{Daemon, DaemonError};
 use crate::detect::Alert;
-use crate::event::{IdentityStatus, NormalizedEvent};
 use crate::generator::{Family, GeneratedRecord, IncidentKind, World, WorldConfig};
+use crate::query::{OutputFormat, QueryEngine, write_answer};
 use crate::settings::{Settings, SettingsError};
 use crate::telemetry::Stats;
 
@@ -227,8 +225,11 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let alerts_path = out.join("alerts.ndjson");
     let state_path = out.join("state.json");
     let outbox_path = out.join("outbox");
-    if outbox_path.exists() {
-        std::fs::remove_dir_all(&outbox_path).map_err(io_err(&outbox_path))?;
+    let history_path = out.join("history");
+    for stale in [&outbox_path, &history_path] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).map_err(io_err(stale))?;
+        }
     }
     for stale in [&events_path, &dead_path, &alerts_path, &state_path] {
         if stale.exists() {
@@ -282,6 +283,9 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         .consumer_properties
         .insert("max.partition.fetch.bytes".into(), "65536".into());
     settings.deliver.outbox_dir = outbox_path.display().to_string();
+    settings.history.path = history_path.display().to_string();
+    // Files every few seconds, so the compressed days land in many hour partitions.
+    settings.history.flush_interval_secs = 5;
     settings.deliver.sinks = demo_sinks(&options, out)?;
     settings
         .validate()
@@ -354,7 +358,7 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     }
     drop(cluster);
 
-    print_report(&stats, &events_path)?;
+    print_report(&stats, &settings).await?;
     println!(
         "detectors: {} events, {} late (skipped by windowed detectors), {} alerts, {} suppressed repeats",
         engine_stats.events.load(Ordering::Relaxed),
@@ -374,7 +378,11 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         (&registry_path, "the generated micro-app registry"),
         (
             &events_path,
-            "normalized, identity-resolved events (NDJSON)",
+            "enriched events (OCSF JSON lines, as on the enriched topic)",
+        ),
+        (
+            &history_path,
+            "Parquet history: events/ and alerts/ (appwarden query --history …)",
         ),
         (&dead_path, "dead-lettered records with their reasons"),
         (&incidents_path, "the incidents injected, with their times"),
@@ -389,63 +397,44 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     Ok(())
 }
 
-fn print_report(stats: &Stats, events_path: &Path) -> Result<(), DemoError> {
+/// The demo's summary of what was ingested, asked of the Parquet history in SQL
+/// (the same queries work with `appwarden query --history OUT/history`).
+async fn print_report(stats: &Stats, settings: &Settings) -> Result<(), DemoError> {
     let s = stats.snapshot();
     println!(
         "\nprocessed {} records -> {} events, {} dead-lettered",
         s.records, s.events, s.dead_letters
     );
-
-    // Per family and product: how many events were tied to a registered app.
-    let mut by_product: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-    let mut per_app: HashMap<String, u64> = HashMap::new();
-    let mut unregistered: BTreeMap<String, u64> = BTreeMap::new();
-    if let Ok(file) = std::fs::File::open(events_path) {
-        for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
-            let Ok(event) = serde_json::from_str::<NormalizedEvent>(&line) else {
-                continue;
-            };
-            let family = format!("{:?}", event.source_kind).to_lowercase();
-            let entry = by_product
-                .entry((family, event.product.as_str().to_string()))
-                .or_default();
-            entry.0 += 1;
-            if let Some(identity) = &event.identity {
-                match identity.status {
-                    IdentityStatus::Registered => {
-                        entry.1 += 1;
-                        *per_app.entry(identity.key.clone()).or_default() += 1;
-                    }
-                    IdentityStatus::Unregistered | IdentityStatus::Anonymous => {
-                        *unregistered.entry(identity.key.clone()).or_default() += 1;
-                    }
-                }
-            }
-        }
-    }
-    println!(
-        "\n{:<8} {:<11} {:>8} {:>16}",
-        "family", "format", "events", "resolved to app"
-    );
-    for ((family, product), (events, resolved)) in &by_product {
-        println!(
-            "{family:<8} {product:<11} {events:>8} {:>15.1}%",
-            100.0 * *resolved as f64 / (*events).max(1) as f64
-        );
-    }
-    let mut top: Vec<_> = per_app.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    println!(
-        "\nbusiest apps: {}",
-        top.iter()
-            .take(5)
-            .map(|(k, n)| format!("{k} ({n})"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!("unregistered identities seen ({}):", unregistered.len());
-    for (key, n) in &unregistered {
-        println!("  {key:<60} {n} events");
+    let engine = QueryEngine::open(&settings.history, &settings.query)
+        .map_err(|e| DemoError::Options(format!("history: {e}")))?;
+    let queries = [
+        (
+            "events per family and format, and the share tied to a registered app",
+            "SELECT source_kind AS family, source AS format, count(*) AS events, \
+             round(100.0 * sum(CASE WHEN identity_status = 'registered' THEN 1 ELSE 0 END) / count(*), 1) AS resolved_pct \
+             FROM events GROUP BY source_kind, source ORDER BY family, format",
+        ),
+        (
+            "busiest apps",
+            "SELECT identity_key, count(*) AS events FROM events WHERE identity_status = 'registered' \
+             GROUP BY identity_key ORDER BY events DESC, identity_key LIMIT 5",
+        ),
+        (
+            "identities not in the registry",
+            "SELECT identity_key, count(*) AS events FROM events WHERE identity_status <> 'registered' \
+             GROUP BY identity_key ORDER BY identity_key",
+        ),
+    ];
+    for (what, sql) in queries {
+        println!("\n{what}:\n  appwarden query \"{sql}\"");
+        let answer = engine
+            .run(sql)
+            .await
+            .map_err(|e| DemoError::Options(format!("query: {e}")))?;
+        let mut out = Vec::new();
+        write_answer(&answer, OutputFormat::Table, &mut out)
+            .map_err(|e| DemoError::Options(format!("query: {e}")))?;
+        print!("{}", String::from_utf8_lossy(&out));
     }
     let errors: Vec<String> = s
         .decode_errors

@@ -3,6 +3,8 @@
 //! Every decoder produces [`NormalizedEvent`]s; every later stage (identity,
 //! detectors, sinks) reads only this type, never a vendor record.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +21,7 @@ pub enum SourceKind {
 }
 
 /// The vendor product that wrote the record; also the name of its decoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Product {
     Okta,
@@ -343,6 +345,10 @@ pub struct NormalizedEvent {
     /// Where the record came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
+    /// The vendor record this event was decoded from (one element of an envelope),
+    /// kept for the enriched topic's OCSF `raw_data`. Not part of the normalized form.
+    #[serde(skip)]
+    pub raw_data: Option<Arc<str>>,
 }
 
 impl NormalizedEvent {
@@ -384,6 +390,18 @@ impl NormalizedEvent {
             bytes_out: None,
             vendor_event_id: None,
             origin: None,
+            raw_data: None,
+        }
+    }
+
+    /// Sets `raw_data` on every event of `events` that has none yet; the text is shared.
+    pub fn keep_raw(events: &mut [NormalizedEvent], raw: &[u8]) {
+        let mut shared: Option<Arc<str>> = None;
+        for event in events.iter_mut().filter(|e| e.raw_data.is_none()) {
+            let text = shared.get_or_insert_with(|| {
+                Arc::from(String::from_utf8_lossy(raw.trim_ascii_end()).as_ref())
+            });
+            event.raw_data = Some(text.clone());
         }
     }
 

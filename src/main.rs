@@ -15,6 +15,7 @@ use appwarden::demo::{self, DemoOptions};
 use appwarden::detect::Engine;
 use appwarden::identity::RegistryReloader;
 use appwarden::pipeline::Pipeline;
+use appwarden::query::{OutputFormat, QueryEngine, write_answer};
 use appwarden::settings::{LogFormat, Settings};
 use appwarden::sinks::NdjsonWriter;
 use appwarden::source::file;
@@ -54,9 +55,14 @@ enum Command {
         /// Where alerts go (`-` for standard output).
         #[arg(long, default_value = "-")]
         alerts_out: PathBuf,
-        /// Also write the normalized, identity-resolved events here.
+        /// Also write the enriched events (OCSF JSON, one per line) here.
         #[arg(long)]
         events_out: Option<PathBuf>,
+        /// Also write events and alerts to the Parquet history at this root (a folder or
+        /// s3://bucket/prefix), for `appwarden query`. Off unless given, so that replaying
+        /// the same files twice never doubles the history by accident.
+        #[arg(long)]
+        history: Option<String>,
         /// Where records that cannot be decoded go (default: dead_letter.file from the
         /// settings, else appwarden-deadletter.ndjson).
         #[arg(long)]
@@ -92,6 +98,26 @@ enum Command {
         /// Recipient of the demo's email.
         #[arg(long, default_value = "soc@example.com")]
         email_to: String,
+    },
+    /// Run one read-only SQL query over the Parquet history (tables `events` and `alerts`).
+    ///
+    /// Example: appwarden query "SELECT source, count(*) FROM events WHERE day = '2026-11-24' GROUP BY source"
+    /// Filters on the partition columns (`day`, `hour`, and `source` for events) skip
+    /// whole folders. Only SELECT/WITH/VALUES run; anything that writes is refused.
+    Query {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// History root (folder or s3://bucket/prefix); default: history.path from the settings.
+        #[arg(long)]
+        history: Option<String>,
+        /// Output: an aligned table, CSV, or one JSON object per row.
+        #[arg(long, short, value_enum, default_value = "table")]
+        format: OutputFormat,
+        /// Return at most this many rows (default: query.max_rows from the settings).
+        #[arg(long)]
+        max_rows: Option<usize>,
+        /// The SQL query.
+        sql: String,
     },
     /// Print the effective settings (secrets shown only as references) and check
     /// the registry; exit non-zero with the offending key on error.
@@ -170,10 +196,12 @@ async fn replay(
     format: Format,
     alerts_out: &Path,
     events_out: Option<&Path>,
+    history: Option<&str>,
     dead_letter_out: Option<&Path>,
     inputs: &[String],
 ) -> anyhow::Result<()> {
     let mut settings = load_settings(config)?;
+    settings.history.path = history.unwrap_or_default().to_string();
     init_logging(settings.log.format, &settings.log.level);
     let dead_letters = match dead_letter_out {
         Some(path) => path.to_path_buf(),
@@ -226,6 +254,35 @@ async fn replay(
             String::new()
         }
     );
+    Ok(())
+}
+
+async fn query(
+    config: Option<&Path>,
+    history: Option<String>,
+    format: OutputFormat,
+    max_rows: Option<usize>,
+    sql: &str,
+) -> anyhow::Result<()> {
+    let mut settings = load_settings(config)?;
+    init_logging(settings.log.format, "warn");
+    if let Some(history) = history {
+        settings.history.path = history;
+    }
+    if let Some(max_rows) = max_rows {
+        settings.query.max_rows = max_rows.max(1);
+    }
+    let engine = QueryEngine::open(&settings.history, &settings.query)?;
+    let answer = engine.run(sql).await?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    write_answer(&answer, format, &mut out)?;
+    if answer.truncated {
+        eprintln!(
+            "note: output cut at {} rows (--max-rows or query.max_rows)",
+            answer.rows
+        );
+    }
     Ok(())
 }
 
@@ -283,6 +340,7 @@ fn main() -> ExitCode {
                 format,
                 alerts_out,
                 events_out,
+                history,
                 dead_letter_out,
                 inputs,
             } => {
@@ -291,11 +349,19 @@ fn main() -> ExitCode {
                     format,
                     &alerts_out,
                     events_out.as_deref(),
+                    history.as_deref(),
                     dead_letter_out.as_deref(),
                     &inputs,
                 )
                 .await
             }
+            Command::Query {
+                config,
+                history,
+                format,
+                max_rows,
+                sql,
+            } => query(config.as_deref(), history, format, max_rows, &sql).await,
             Command::Demo {
                 duration,
                 hours,

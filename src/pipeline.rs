@@ -227,6 +227,7 @@ impl Pipeline {
             self.stats.record_without_events();
             return Ok(0);
         }
+        NormalizedEvent::keep_raw(&mut out[start..], payload);
         let registry = self.registry.snapshot();
         for event in &mut out[start..] {
             event.observed_time = observed;

@@ -356,7 +356,12 @@ pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), Deco
                         "a record inside `Records` is itself an envelope",
                     ));
                 }
-                out.push(event(&inner)?);
+                let mut decoded = event(&inner)?;
+                NormalizedEvent::keep_raw(
+                    std::slice::from_mut(&mut decoded),
+                    item.get().as_bytes(),
+                );
+                out.push(decoded);
             }
             Ok(())
         }

@@ -281,7 +281,9 @@ fn decode_at(
                     return Err(DecodeError::TooDeep(MAX_ENVELOPE_DEPTH));
                 }
                 for item in items {
+                    let first = out.len();
                     decode_at(Format::Auto, item.get().as_bytes(), options, out, depth + 1)?;
+                    NormalizedEvent::keep_raw(&mut out[first..], item.get().as_bytes());
                 }
                 Ok(())
             }

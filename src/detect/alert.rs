@@ -202,15 +202,23 @@ pub fn sql_str(value: &str) -> String {
 }
 
 /// The history query behind an alert: the identity's events in the window, narrowed by `extra`.
+/// The `day` bounds let the query skip every other day's partitions.
 pub fn investigation_sql(
     identity: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     extra: &str,
 ) -> String {
+    let last = if end > start {
+        end - chrono::Duration::milliseconds(1)
+    } else {
+        start
+    };
     let mut sql = format!(
         "SELECT time, product, category, activity, actor_raw, resource, dst_host, src_ip, cloud_region, outcome \
-         FROM events WHERE identity_key = {} AND time >= TIMESTAMP {} AND time < TIMESTAMP {}",
+         FROM events WHERE day BETWEEN '{}' AND '{}' AND identity_key = {} AND time >= TIMESTAMP {} AND time < TIMESTAMP {}",
+        start.format("%Y-%m-%d"),
+        last.format("%Y-%m-%d"),
         sql_str(identity),
         sql_str(&start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         sql_str(&end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
@@ -242,6 +250,23 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// The deterministic alert id: the same detector, identity, variant and window give the same id.
+    pub fn alert_id(&self, detector: &str) -> String {
+        let start = self.window_start.to_rfc3339();
+        let id = fnv1a(&[detector, &self.identity, self.variant, &start]);
+        format!("{id:016x}")
+    }
+
+    /// The alert severity: the detector's, raised by the app's risk and by the finding.
+    pub fn severity(&self, base: Severity, app: Option<&App>) -> Severity {
+        base.for_app(app).raised(self.raise)
+    }
+
+    /// The score clamped to 0–100 with one decimal.
+    pub fn rounded_score(&self) -> f64 {
+        (self.score.clamp(0.0, 100.0) * 10.0).round() / 10.0
+    }
+
     pub fn into_alert(
         self,
         detector: &str,
@@ -249,8 +274,9 @@ impl Finding {
         base: Severity,
         app: Option<&App>,
     ) -> Alert {
-        let start = self.window_start.to_rfc3339();
-        let id = fnv1a(&[detector, &self.identity, self.variant, &start]);
+        let id = self.alert_id(detector);
+        let severity = self.severity(base, app);
+        let score = self.rounded_score();
         let sql = investigation_sql(
             &self.identity,
             self.window_start,
@@ -258,13 +284,13 @@ impl Finding {
             &self.sql_filter,
         );
         Alert {
-            id: format!("{id:016x}"),
+            id,
             detector: detector.to_string(),
             kind: kind.to_string(),
             identity: self.identity,
             app: app.map(AlertApp::from_app),
-            severity: base.for_app(app).raised(self.raise),
-            score: (self.score.clamp(0.0, 100.0) * 10.0).round() / 10.0,
+            severity,
+            score,
             window_start: self.window_start,
             window_end: self.window_end,
             summary: self.summary,

@@ -115,12 +115,18 @@ struct ShardDetector {
     last_alert: HashMap<(String, String), DateTime<Utc>>,
 }
 
+/// An event routed to a shard: its index in the batch, the event, and the watermark it saw.
+type ShardItem = (u32, Arc<NormalizedEvent>, DateTime<Utc>);
+
+/// What a shard hands back for a batch: alerts, and the findings each event raised as it was seen.
+type ShardReply = (Vec<Alert>, Vec<(u32, Flag)>);
+
 enum ShardMsg {
     Batch {
         registry: Arc<Registry>,
-        items: Vec<(Arc<NormalizedEvent>, DateTime<Utc>)>,
+        items: Vec<ShardItem>,
         watermark: DateTime<Utc>,
-        reply: oneshot::Sender<Vec<Alert>>,
+        reply: oneshot::Sender<ShardReply>,
     },
     Save(oneshot::Sender<EngineState>),
     Load(EngineState, oneshot::Sender<Result<(), String>>),
@@ -136,29 +142,47 @@ struct Shard {
 }
 
 impl Shard {
+    /// Turns findings into alerts (or counts them as suppressed). `flags`, when
+    /// given, receives a [`Flag`] per finding for the event being observed.
     fn emit(
         &mut self,
         index: usize,
         findings: &mut Vec<super::Finding>,
         registry: &Registry,
         out: &mut Vec<Alert>,
+        mut flags: Option<(u32, &mut Vec<(u32, Flag)>)>,
     ) {
         let sd = &mut self.detectors[index];
         for finding in findings.drain(..) {
             let key = (finding.identity.clone(), finding.variant.to_string());
             let suppression = Duration::seconds(sd.spec.suppression_secs as i64);
-            if let Some(last) = sd.last_alert.get(&key)
-                && finding.window_end < *last + suppression
-            {
-                self.stats.suppressed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            sd.last_alert.insert(key, finding.window_end);
+            let suppressed = sd
+                .last_alert
+                .get(&key)
+                .is_some_and(|last| finding.window_end < *last + suppression);
             let app = finding
                 .app_id
                 .as_deref()
                 .and_then(|id| registry.app(id))
                 .map(|a| a.as_ref());
+            if let Some((event, flags)) = flags.as_mut() {
+                flags.push((
+                    *event,
+                    Flag {
+                        detector: sd.spec.name.clone(),
+                        kind: sd.spec.kind.as_str(),
+                        alert_id: finding.alert_id(&sd.spec.name),
+                        severity: finding.severity(sd.spec.severity, app),
+                        score: finding.rounded_score(),
+                        suppressed,
+                    },
+                ));
+            }
+            if suppressed {
+                self.stats.suppressed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            sd.last_alert.insert(key, finding.window_end);
             out.push(finding.into_alert(
                 &sd.spec.name,
                 sd.spec.kind.as_str(),
@@ -187,7 +211,7 @@ impl Shard {
                 spec: &sd.spec,
             };
             sd.detector.advance(&cx, &mut findings);
-            self.emit(i, &mut findings, registry, out);
+            self.emit(i, &mut findings, registry, out, None);
         }
         // Forget idle identities once per simulated hour, on event time, so replays agree.
         let due = self
@@ -212,12 +236,13 @@ impl Shard {
     fn batch(
         &mut self,
         registry: &Registry,
-        items: Vec<(Arc<NormalizedEvent>, DateTime<Utc>)>,
+        items: Vec<ShardItem>,
         watermark: DateTime<Utc>,
-    ) -> Vec<Alert> {
+    ) -> ShardReply {
         let mut out = Vec::new();
+        let mut flags = Vec::new();
         let mut findings = Vec::new();
-        for (event, mark) in items {
+        for (index, event, mark) in items {
             self.advance(mark, registry, &mut out);
             let late = event.time < mark;
             for i in 0..self.detectors.len() {
@@ -231,11 +256,19 @@ impl Shard {
                     spec: &sd.spec,
                 };
                 sd.detector.observe(&event, &cx, &mut findings);
-                self.emit(i, &mut findings, registry, &mut out);
+                if !findings.is_empty() {
+                    self.emit(
+                        i,
+                        &mut findings,
+                        registry,
+                        &mut out,
+                        Some((index, &mut flags)),
+                    );
+                }
             }
         }
         self.advance(watermark, registry, &mut out);
-        out
+        (out, flags)
     }
 
     fn save(&self) -> EngineState {
@@ -285,8 +318,7 @@ impl Shard {
                     watermark,
                     reply,
                 } => {
-                    let alerts = self.batch(&registry, items, watermark);
-                    let _ = reply.send(alerts);
+                    let _ = reply.send(self.batch(&registry, items, watermark));
                 }
                 ShardMsg::Save(reply) => {
                     let _ = reply.send(self.save());
@@ -300,6 +332,28 @@ impl Shard {
             }
         }
     }
+}
+
+/// A finding an event raised as it was seen, for the enriched event topic and history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Flag {
+    /// The detector's name.
+    pub detector: String,
+    pub kind: &'static str,
+    /// The id of the alert this finding is (or, when suppressed, repeats).
+    pub alert_id: String,
+    pub severity: super::Severity,
+    pub score: f64,
+    /// A repeat within the detector's suppression window: no new alert was raised.
+    pub suppressed: bool,
+}
+
+/// The outcome of a batch: alerts (sorted) and, per event index, the findings it raised.
+#[derive(Debug, Default)]
+pub struct Processed {
+    pub alerts: Vec<Alert>,
+    /// `(index of the event in the batch, flag)`, sorted by index.
+    pub flags: Vec<(usize, Flag)>,
 }
 
 /// The detectors, run over shard threads.
@@ -468,6 +522,18 @@ impl Engine {
         events: &[Arc<NormalizedEvent>],
         registry: &Arc<Registry>,
     ) -> Result<Vec<Alert>, EngineError> {
+        Ok(self
+            .process_with_watermark(events, registry, None)
+            .await?
+            .alerts)
+    }
+
+    /// Like [`Engine::process`], and also says which findings each event raised as it was seen.
+    pub async fn process_flagged(
+        &mut self,
+        events: &[Arc<NormalizedEvent>],
+        registry: &Arc<Registry>,
+    ) -> Result<Processed, EngineError> {
         self.process_with_watermark(events, registry, None).await
     }
 
@@ -476,8 +542,10 @@ impl Engine {
         let Some(max) = self.max_time else {
             return Ok(Vec::new());
         };
-        self.process_with_watermark(&[], registry, Some(max + Duration::days(1)))
-            .await
+        Ok(self
+            .process_with_watermark(&[], registry, Some(max + Duration::days(1)))
+            .await?
+            .alerts)
     }
 
     async fn process_with_watermark(
@@ -485,10 +553,10 @@ impl Engine {
         events: &[Arc<NormalizedEvent>],
         registry: &Arc<Registry>,
         final_watermark: Option<DateTime<Utc>>,
-    ) -> Result<Vec<Alert>, EngineError> {
+    ) -> Result<Processed, EngineError> {
         let n = self.shards.len();
-        let mut per_shard: Vec<Vec<(Arc<NormalizedEvent>, DateTime<Utc>)>> = vec![Vec::new(); n];
-        for event in events {
+        let mut per_shard: Vec<Vec<ShardItem>> = vec![Vec::new(); n];
+        for (index, event) in events.iter().enumerate() {
             self.stats.events.fetch_add(1, Ordering::Relaxed);
             self.observe_time(event);
             // No watermark yet (nothing seen): windows stay open and nothing is late.
@@ -496,10 +564,10 @@ impl Engine {
             if event.time < mark {
                 self.stats.late_events.fetch_add(1, Ordering::Relaxed);
             }
-            per_shard[shard_of(identity_key(event), n)].push((event.clone(), mark));
+            per_shard[shard_of(identity_key(event), n)].push((index as u32, event.clone(), mark));
         }
         if events.is_empty() && final_watermark.is_none() && self.watermark().is_none() {
-            return Ok(Vec::new());
+            return Ok(Processed::default());
         }
         let watermark = final_watermark
             .or_else(|| self.watermark())
@@ -518,9 +586,13 @@ impl Engine {
             replies.push(rx);
         }
         let mut alerts = Vec::new();
+        let mut flags = Vec::new();
         for rx in replies {
-            alerts.extend(rx.await.map_err(|_| EngineError::ShardGone)?);
+            let (shard_alerts, shard_flags) = rx.await.map_err(|_| EngineError::ShardGone)?;
+            alerts.extend(shard_alerts);
+            flags.extend(shard_flags.into_iter().map(|(i, f)| (i as usize, f)));
         }
+        flags.sort_by_key(|(i, _)| *i);
         alerts.sort_by(|a, b| {
             (a.window_end, &a.detector, &a.identity, &a.id).cmp(&(
                 b.window_end,
@@ -529,7 +601,7 @@ impl Engine {
                 &b.id,
             ))
         });
-        Ok(alerts)
+        Ok(Processed { alerts, flags })
     }
 
     /// Identities tracked over all detectors and shards.

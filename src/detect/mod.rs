@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::event::NormalizedEvent;
 use crate::identity::Registry;
 pub use alert::{Alert, Finding, Severity};
-pub use engine::{Engine, EngineSettings};
+pub use engine::{Engine, EngineSettings, Flag, Processed};
 pub use spec::{DetectorSpec, Kind, SpecError};
 
 /// What a detector may look at besides the event.

@@ -69,6 +69,17 @@ pub enum RiskTier {
     Regulated,
 }
 
+impl RiskTier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskTier::Public => "public",
+            RiskTier::Internal => "internal",
+            RiskTier::Restricted => "restricted",
+            RiskTier::Regulated => "regulated",
+        }
+    }
+}
+
 /// The usual micro-app risk heuristic: data class 0/1/3/5 + permission breadth
 /// 0/2/5 + external connectivity 0/1/3 + known vulnerabilities 0/2/5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::decode::{FieldMapping, Format};
 use crate::deliver::worker::DeliverSettings;
 use crate::detect::EngineSettings;
+use crate::history::HistorySettings;
+use crate::query::QuerySettings;
 pub use secret::{SecretError, SecretRef};
 
 /// The defaults shipped with the binary; the same text as `config/appwarden.toml`.
@@ -48,6 +50,10 @@ pub struct Settings {
     pub state: StateSettings,
     /// Alert routing, the durable outbox and the sinks.
     pub deliver: DeliverSettings,
+    /// Parquet history of events and alerts.
+    pub history: HistorySettings,
+    /// Limits of SQL over the history (`appwarden query`, `POST /v1/query`).
+    pub query: QuerySettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -169,10 +175,10 @@ fn default_dead_letter_payload() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSettings {
-    /// Kafka topic for normalized events (JSON, keyed by identity). Empty: none.
+    /// Kafka topic for enriched events (OCSF JSON, keyed by identity). Empty: none.
     #[serde(default)]
     pub events_topic: String,
-    /// NDJSON file for normalized events (appended). Empty: none.
+    /// NDJSON file for enriched events (appended). Empty: none.
     #[serde(default)]
     pub events_file: String,
 }
@@ -431,6 +437,8 @@ impl Settings {
             );
         }
         self.deliver.validate()?;
+        self.history.validate()?;
+        self.query.validate()?;
         if self.state.snapshot_interval_secs == 0 {
             return err("state.snapshot_interval_secs", "must be at least 1".into());
         }

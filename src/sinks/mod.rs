@@ -1,9 +1,12 @@
-//! Sinks: where resolved events and dead letters go (Kafka topics, NDJSON files).
+//! Sinks: where enriched events, alerts and dead letters go (Kafka topics, NDJSON files, history).
 //!
 //! [`Outputs`] groups the configured sinks. Sources call [`Outputs::commit`]
 //! before they store input offsets: it returns only once every record written
 //! since the last commit is durable (acknowledged by the broker, or flushed).
+//! The Parquet history buffers longer: sources also wait for its flush
+//! ([`Outputs::flush_history`]) before they store the offsets of its rows.
 
+pub mod enriched;
 pub mod kafka;
 pub mod ndjson;
 
@@ -12,9 +15,14 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::DeliveryFuture;
 
-use crate::detect::Alert;
+use std::sync::Arc;
+
+use crate::detect::{Alert, Flag};
 use crate::event::NormalizedEvent;
+use crate::history::{FlushReport, HistoryError, HistoryWriter};
+use crate::identity::Registry;
 use crate::pipeline::DeadLetter;
+pub use enriched::EnrichedEvent;
 pub use kafka::KafkaTopicWriter;
 pub use ndjson::NdjsonWriter;
 
@@ -29,6 +37,8 @@ pub enum SinkError {
     },
     #[error("producing to Kafka topic {topic}: {source}")]
     Kafka { topic: String, source: KafkaError },
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 impl SinkError {
@@ -56,6 +66,7 @@ pub struct Outputs {
     pub dead_letter_file: Option<NdjsonWriter>,
     pub alerts_topic: Option<KafkaTopicWriter>,
     pub alerts_file: Option<NdjsonWriter>,
+    pub history: Option<HistoryWriter>,
     pending_events: Vec<DeliveryFuture>,
     pending_alerts: Vec<DeliveryFuture>,
     pending_dead_letters: Vec<DeliveryFuture>,
@@ -68,22 +79,67 @@ impl Outputs {
         self.dead_letter_topic.is_some() || self.dead_letter_file.is_some()
     }
 
-    pub async fn event(&mut self, event: &NormalizedEvent) -> Result<(), SinkError> {
-        if let Some(file) = &mut self.events_file {
-            file.write(event)?;
+    /// Writes a processed batch's events, enriched with their app and the
+    /// findings the engine reported for them (`flags`, by index in `events`).
+    pub async fn events(
+        &mut self,
+        events: &[Arc<NormalizedEvent>],
+        flags: &[(usize, Flag)],
+        registry: &Registry,
+    ) -> Result<(), SinkError> {
+        if self.events_file.is_some() || self.events_topic.is_some() {
+            // `flags` is sorted by event index: walk it alongside the events.
+            let mut next_flag = 0;
+            for (index, event) in events.iter().enumerate() {
+                let start = next_flag;
+                while flags.get(next_flag).is_some_and(|(i, _)| *i == index) {
+                    next_flag += 1;
+                }
+                let own: Vec<Flag> = flags[start..next_flag]
+                    .iter()
+                    .map(|(_, f)| f.clone())
+                    .collect();
+                let app = event
+                    .identity
+                    .as_ref()
+                    .and_then(|i| i.app_id.as_deref())
+                    .and_then(|id| registry.app(id))
+                    .map(|a| a.as_ref());
+                let record = EnrichedEvent::new(event, app, &own);
+                if let Some(file) = &mut self.events_file {
+                    file.write(&record)?;
+                }
+                if let Some(topic) = &self.events_topic {
+                    self.buffer.clear();
+                    serde_json::to_writer(&mut self.buffer, &record)
+                        .map_err(|e| SinkError::io(topic.topic(), std::io::Error::other(e)))?;
+                    let delivery = topic.send(EnrichedEvent::key(event), &self.buffer).await?;
+                    self.pending_events.push(delivery);
+                }
+            }
         }
-        if let Some(topic) = &self.events_topic {
-            self.buffer.clear();
-            serde_json::to_writer(&mut self.buffer, event)
-                .map_err(|e| SinkError::io(topic.topic(), std::io::Error::other(e)))?;
-            let key = event
-                .identity
-                .as_ref()
-                .map_or("anonymous", |i| i.key.as_str());
-            let delivery = topic.send(key, &self.buffer).await?;
-            self.pending_events.push(delivery);
+        if let Some(history) = &mut self.history {
+            history.events(crate::history::event_rows(events, flags))?;
         }
         Ok(())
+    }
+
+    /// Whether the history has rows waiting to be written, and when they fall due by time.
+    pub fn history_deadline(&self) -> Option<std::time::Instant> {
+        self.history.as_ref().and_then(HistoryWriter::deadline)
+    }
+
+    /// Whether the history's buffered rows are due (by count or age).
+    pub fn history_due(&self) -> bool {
+        self.history.as_ref().is_some_and(HistoryWriter::due)
+    }
+
+    /// Writes the history's buffered rows as files; returns once they are durable.
+    pub async fn flush_history(&mut self) -> Result<FlushReport, SinkError> {
+        match &mut self.history {
+            Some(history) => Ok(history.flush().await?),
+            None => Ok(FlushReport::default()),
+        }
     }
 
     pub async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), SinkError> {
@@ -103,6 +159,9 @@ impl Outputs {
     pub async fn alert(&mut self, alert: &Alert) -> Result<(), SinkError> {
         if let Some(file) = &mut self.alerts_file {
             file.write(alert)?;
+        }
+        if let Some(history) = &mut self.history {
+            history.alerts(std::slice::from_ref(alert))?;
         }
         if let Some(topic) = &self.alerts_topic {
             self.buffer.clear();

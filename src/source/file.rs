@@ -241,12 +241,7 @@ pub async fn replay(
             };
             events.clear();
             match pipeline.process(format, options, record, origin, &mut events) {
-                Ok(_) => {
-                    for event in events.drain(..) {
-                        outputs.event(&event).await?;
-                        batch.push(Arc::new(event));
-                    }
-                }
+                Ok(_) => batch.extend(events.drain(..).map(Arc::new)),
                 Err(letter) => outputs.dead_letter(&letter).await?,
             }
             records += 1;
@@ -261,6 +256,7 @@ pub async fn replay(
         pipeline.stats().alert();
     }
     outputs.commit().await?;
+    outputs.flush_history().await?;
     progress.finish_and_clear();
     Ok(())
 }
@@ -271,12 +267,18 @@ async fn detect(
     outputs: &mut Outputs,
     batch: &mut Vec<Arc<NormalizedEvent>>,
 ) -> Result<(), FileSourceError> {
-    for alert in engine.process(batch, &pipeline.registry()).await? {
-        outputs.alert(&alert).await?;
+    let registry = pipeline.registry();
+    let processed = engine.process_flagged(batch, &registry).await?;
+    outputs.events(batch, &processed.flags, &registry).await?;
+    for alert in &processed.alerts {
+        outputs.alert(alert).await?;
         pipeline.stats().alert();
     }
     batch.clear();
     outputs.commit().await?;
+    if outputs.history_due() {
+        outputs.flush_history().await?;
+    }
     Ok(())
 }
 

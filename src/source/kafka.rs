@@ -281,6 +281,9 @@ struct RunState {
     events: Vec<Arc<NormalizedEvent>>,
     /// Next offset to read per partition, as far as durable outputs go.
     position: HashMap<(String, i32), i64>,
+    /// Last processed offset per partition whose events wait in the history
+    /// buffer: stored only once the history flush has made them durable.
+    unflushed: Vec<(String, i32, i64)>,
     last_snapshot: Instant,
     /// When the open batch must be flushed, however many records it has.
     batch_deadline: Option<tokio::time::Instant>,
@@ -398,6 +401,7 @@ impl KafkaSource {
             batch: BatchOffsets::default(),
             events: Vec::new(),
             position,
+            unflushed: Vec::new(),
             last_snapshot: Instant::now(),
             batch_deadline: None,
             snapshots: snapshots.clone(),
@@ -409,10 +413,50 @@ impl KafkaSource {
         if result.is_ok()
             && let Some(policy) = &snapshots
         {
-            self.snapshot(policy, pipeline, engine, &run.position)
+            self.snapshot(policy, pipeline, outputs, engine, &mut run)
                 .await?;
         }
         result
+    }
+
+    /// Stores offsets (the next owner or restart resumes after them) and notes the position.
+    fn store_offsets(
+        &self,
+        offsets: impl IntoIterator<Item = (String, i32, i64)>,
+        position: &mut HashMap<(String, i32), i64>,
+    ) {
+        for (topic, partition, offset) in offsets {
+            // `store_offset` stores offset + 1, the next record to read.
+            if let Err(error) = self.consumer.store_offset(&topic, partition, offset) {
+                // The partition was revoked: its next owner re-reads these records.
+                tracing::debug!(%error, topic, partition, "offset not stored");
+            }
+            position.insert((topic, partition), offset + 1);
+        }
+    }
+
+    /// Writes the history's buffered rows, then stores the offsets that waited for them.
+    async fn flush_history(
+        &self,
+        outputs: &mut Outputs,
+        run: &mut RunState,
+    ) -> Result<(), SourceError> {
+        if outputs.history.is_none() {
+            return Ok(());
+        }
+        let report = outputs.flush_history().await?;
+        if report.files > 0 {
+            tracing::debug!(
+                files = report.files,
+                events = report.events,
+                alerts = report.alerts,
+                bytes = report.bytes,
+                "history files written"
+            );
+        }
+        let offsets = std::mem::take(&mut run.unflushed);
+        self.store_offsets(offsets, &mut run.position);
+        Ok(())
     }
 
     /// Restores detector and identity state and rewinds the group to the snapshot's offsets.
@@ -446,14 +490,19 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// Writes state consistent with the stored offsets; the history is flushed
+    /// first, so that resuming at the snapshot's offsets loses no history rows.
     async fn snapshot(
         &self,
         policy: &SnapshotPolicy,
         pipeline: &Pipeline,
+        outputs: &mut Outputs,
         engine: &Engine,
-        position: &HashMap<(String, i32), i64>,
+        run: &mut RunState,
     ) -> Result<(), SourceError> {
-        let mut offsets: Vec<(String, i32, i64)> = position
+        self.flush_history(outputs, run).await?;
+        let mut offsets: Vec<(String, i32, i64)> = run
+            .position
             .iter()
             .map(|((t, p), o)| (t.clone(), *p, *o))
             .collect();
@@ -481,6 +530,13 @@ impl KafkaSource {
         let warn = RateLimitedLog::new(Duration::from_secs(10));
         let mut events: Vec<NormalizedEvent> = Vec::with_capacity(64);
         loop {
+            if !run.unflushed.is_empty() && outputs.history_due() {
+                self.flush_history(outputs, run).await?;
+            }
+            let history_deadline = outputs
+                .history_deadline()
+                .filter(|_| run.batch.records == 0)
+                .map(tokio::time::Instant::from_std);
             let revoked = self.consumer.context().take_revoked();
             if !revoked.is_empty() {
                 run.drop_partitions(&revoked, engine);
@@ -497,11 +553,16 @@ impl KafkaSource {
                     _ = shutdown.cancelled() => None,
                     m = self.consumer.recv() => Some(m),
                     _ = tokio::time::sleep(idle_snapshot.unwrap_or_default()), if idle_snapshot.is_some() => {
-                        if let Some(policy) = &run.snapshots {
-                            self.snapshot(policy, pipeline, engine, &run.position).await?;
+                        if let Some(policy) = run.snapshots.clone() {
+                            self.snapshot(&policy, pipeline, outputs, engine, run).await?;
                         }
                         run.last_snapshot = Instant::now();
                         run.unsaved = false;
+                        continue;
+                    }
+                    // Idle with history rows buffered: write them when they fall due.
+                    _ = tokio::time::sleep_until(history_deadline.unwrap_or_else(tokio::time::Instant::now)), if history_deadline.is_some() => {
+                        self.flush_history(outputs, run).await?;
                         continue;
                     }
                 },
@@ -554,12 +615,7 @@ impl KafkaSource {
                 origin,
                 &mut events,
             ) {
-                Ok(_) => {
-                    for event in events.drain(..) {
-                        outputs.event(&event).await?;
-                        run.events.push(Arc::new(event));
-                    }
-                }
+                Ok(_) => run.events.extend(events.drain(..).map(Arc::new)),
                 Err(letter) => outputs.dead_letter(&letter).await?,
             }
             if run.batch.records == 0 {
@@ -573,6 +629,7 @@ impl KafkaSource {
         }
         self.commit_batch(pipeline, outputs, engine, delivery, run)
             .await?;
+        self.flush_history(outputs, run).await?;
         if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "final commit (nothing new to commit is fine)");
         }
@@ -593,8 +650,13 @@ impl KafkaSource {
         if run.batch.records == 0 {
             return Ok(());
         }
-        let mut alerts = engine.process(&run.events, &pipeline.registry()).await?;
+        let registry = pipeline.registry();
+        let processed = engine.process_flagged(&run.events, &registry).await?;
+        outputs
+            .events(&run.events, &processed.flags, &registry)
+            .await?;
         run.events.clear();
+        let mut alerts = processed.alerts;
         for alert in &mut alerts {
             // The router groups repeats and records the kill-switch action before the
             // alert is written anywhere, so every copy says the same.
@@ -605,13 +667,21 @@ impl KafkaSource {
         outputs.commit().await?;
         // Alerts that page are durable in the outbox before their input offsets move.
         delivery.sync()?;
-        for (topic, partition, offset) in run.batch.partitions.drain(..) {
-            // `store_offset` stores offset + 1, the next record to read.
-            if let Err(error) = self.consumer.store_offset(&topic, partition, offset) {
-                // The partition was revoked mid-batch: its next owner re-reads these records.
-                tracing::debug!(%error, topic, partition, "offset not stored");
+        let offsets = run.batch.partitions.drain(..);
+        if outputs.history.is_some() {
+            // The history holds these events in memory until its next flush.
+            for (topic, partition, offset) in offsets {
+                match run
+                    .unflushed
+                    .iter_mut()
+                    .find(|(t, p, _)| *p == partition && *t == topic)
+                {
+                    Some(entry) => entry.2 = offset,
+                    None => run.unflushed.push((topic, partition, offset)),
+                }
             }
-            run.position.insert((topic, partition), offset + 1);
+        } else {
+            self.store_offsets(offsets, &mut run.position);
         }
         run.batch.records = 0;
         run.batch_deadline = None;
@@ -619,10 +689,10 @@ impl KafkaSource {
             .batches_committed
             .fetch_add(1, Ordering::Relaxed);
         run.unsaved = true;
-        if let Some(policy) = &run.snapshots
+        if let Some(policy) = run.snapshots.clone()
             && run.last_snapshot.elapsed() >= policy.interval
         {
-            self.snapshot(policy, pipeline, engine, &run.position)
+            self.snapshot(&policy, pipeline, outputs, engine, run)
                 .await?;
             run.last_snapshot = Instant::now();
             run.unsaved = false;

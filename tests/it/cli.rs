@@ -99,10 +99,21 @@ fn replay_reads_a_cloudtrail_envelope_from_stdin() {
         .collect();
     let categories: Vec<&str> = events
         .iter()
-        .filter_map(|e| e["category"].as_str())
+        .filter_map(|e| e["unmapped"]["appwarden"]["category"].as_str())
         .collect();
     assert_eq!(categories, ["secret_list", "secret_read"]);
-    assert_eq!(events[1]["identity"]["status"], "unregistered");
+    assert_eq!(
+        events[1]["unmapped"]["appwarden"]["identity"]["status"],
+        "unregistered"
+    );
+    // OCSF API Activity, with each record of the envelope as its raw data.
+    assert_eq!(events[1]["class_uid"], 6003);
+    assert_eq!(events[1]["api"]["operation"], "GetSecretValue");
+    let raw = events[1]["raw_data"].as_str().expect("raw_data");
+    assert!(
+        raw.contains("prod/db") && !raw.contains("ListSecrets"),
+        "{raw}"
+    );
 }
 
 #[test]

@@ -259,6 +259,9 @@ allowed_lateness_secs = 600
 idle_eviction_secs = 1209600
 max_identities_per_shard = 100000
 max_source_skew_secs = 21600
+[history]
+path = "{history}"
+flush_interval_secs = 1
 [deliver]
 outbox_dir = "{outbox}"
 group_window_secs = 3600
@@ -281,6 +284,7 @@ level = "warn"
             alerts = alerts.display(),
             state = dir.path().join("state.json").display(),
             outbox = outbox.display(),
+            history = dir.path().join("history").display(),
             key = key.display(),
         ),
     )

@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use appwarden::daemon::Daemon;
 use appwarden::decode::{FieldMapping, Format};
-use appwarden::event::{Category, IdentityStatus, NormalizedEvent, Origin, PrincipalKind, Product};
+use appwarden::event::{Category, IdentityStatus, Origin, PrincipalKind, Product};
 use appwarden::settings::{Settings, TopicSettings};
 use appwarden::telemetry::Stats;
 
-use crate::support::{raw_sample, unique, wait_until, wrapped_sample};
+use crate::support::{Enriched, enriched, raw_sample, unique, wait_until, wrapped_sample};
 
 const REGISTRY: &str = r#"
 apps:
@@ -163,6 +163,9 @@ fn harness(
     settings.alerts.file = dir.path().join("out/alerts.ndjson").display().to_string();
     settings.alerts.topic = String::new();
     settings.state.snapshot_path = dir.path().join("state/snapshot.json").display().to_string();
+    settings.history.path = dir.path().join("history").display().to_string();
+    // The vendor samples are years old: retention by event time would expire them at once.
+    settings.history.retention_days = 0;
     settings.validate().expect("test settings valid");
     Harness {
         _dir: dir,
@@ -327,7 +330,8 @@ async fn every_format_is_decoded_resolved_and_committed() {
     assert_eq!(snapshot.dead_letters, 3);
 
     // Every good record became an event of its product, resolved to the registered app.
-    let events: Vec<NormalizedEvent> = read_lines(&h.events_path);
+    let records: Vec<serde_json::Value> = read_lines(&h.events_path);
+    let events: Vec<Enriched> = records.iter().map(enriched).collect();
     for (input, (topic, partition, offset)) in inputs.iter().zip(&coordinates) {
         let Some(product) = input.expect else {
             continue;
@@ -346,8 +350,7 @@ async fn every_format_is_decoded_resolved_and_committed() {
         assert_eq!(
             (identity.status, identity.app_id.as_deref()),
             (IdentityStatus::Registered, Some("reports-bot")),
-            "{product:?} actor {:?}",
-            event.actor
+            "{product:?} event {event:?}"
         );
     }
     assert_eq!(events.len(), 8, "one event per good record");
@@ -380,11 +383,36 @@ async fn every_format_is_decoded_resolved_and_committed() {
     }
 
     // The events topic carries the same events, keyed by identity.
-    let published: Vec<(String, NormalizedEvent)> =
+    let published: Vec<(String, serde_json::Value)> =
         read_topic(&h.settings, &h.topic_names["events"], 2, events.len());
     assert_eq!(published.len(), events.len());
     assert!(published.iter().all(|(key, e)| key == "app:reports-bot"
-        && e.identity.as_ref().map(|i| i.key.as_str()) == Some("app:reports-bot")));
+        && enriched(e).identity.map(|i| i.key).as_deref() == Some("app:reports-bot")));
+    // …each as its OCSF class, with the vendor record as raw data.
+    for (_, record) in &published {
+        let view = enriched(record);
+        assert_eq!(
+            record["class_uid"],
+            view.category.ocsf_class_uid(),
+            "{record}"
+        );
+        assert!(record["raw_data"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+
+    // The history has the same events, written before the offsets were committed.
+    let engine = appwarden::query::QueryEngine::open(&h.settings.history, &h.settings.query)
+        .expect("history opens");
+    let answer = engine
+        .run("SELECT count(*) AS n FROM events WHERE app_id = 'reports-bot'")
+        .await
+        .expect("query runs");
+    let counted = answer.batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .expect("count column")
+        .value(0);
+    assert_eq!(counted, events.len() as i64);
 
     // Input offsets are committed up to the end of every partition.
     for suffix in ["sso", "secrets", "gateway", "squid", "generic"] {
@@ -408,7 +436,7 @@ async fn every_format_is_decoded_resolved_and_committed() {
         1,
         "restart re-read committed records"
     );
-    let events_after: Vec<NormalizedEvent> = read_lines(&h.events_path);
+    let events_after: Vec<serde_json::Value> = read_lines(&h.events_path);
     assert_eq!(events_after.len(), 9);
 }
 

@@ -5,6 +5,7 @@ mod delivery;
 mod detection;
 mod docs;
 mod email_sink;
+mod history;
 mod http_sinks;
 mod kafka_pipeline;
 mod support;

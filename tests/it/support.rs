@@ -51,3 +51,19 @@ pub async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool
     }
     done()
 }
+
+/// The AppWarden part of an enriched event record (`unmapped.appwarden`).
+#[derive(Debug, serde::Deserialize)]
+pub struct Enriched {
+    pub product: appwarden::event::Product,
+    pub category: appwarden::event::Category,
+    pub identity: Option<appwarden::event::ResolvedIdentity>,
+    pub origin: Option<appwarden::event::Origin>,
+    pub findings: Vec<serde_json::Value>,
+}
+
+/// Reads `unmapped.appwarden` of an enriched event record.
+pub fn enriched(record: &serde_json::Value) -> Enriched {
+    serde_json::from_value(record["unmapped"]["appwarden"].clone())
+        .unwrap_or_else(|e| panic!("enriched record without unmapped.appwarden ({e}): {record}"))
+}

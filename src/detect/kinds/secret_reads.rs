@@ -333,7 +333,16 @@ fn close(
             variant,
         }
     };
-    let reads_only = format!("category = {}", sql_str(Category::SecretRead.as_str()));
+    // The samples include the window's listings when it had any, so its query must too.
+    let reads_only = if open.lists > 0 {
+        format!(
+            "category IN ({},{})",
+            sql_str(Category::SecretList.as_str()),
+            sql_str(Category::SecretRead.as_str())
+        )
+    } else {
+        format!("category = {}", sql_str(Category::SecretRead.as_str()))
+    };
     let mut emitted = false;
     let absolute = distinct >= p.max_distinct;
     if absolute {
@@ -729,7 +738,11 @@ apps:
         assert_eq!(absolute.app_id.as_deref(), Some("billing-agent"));
         let start = format!("app:billing-agent (Billing agent) read {observed} distinct secrets");
         assert!(absolute.summary.starts_with(&start), "{}", absolute.summary);
-        assert_eq!(absolute.sql_filter, "category = 'secret_read'");
+        // The window also listed secrets (a sample): its query shows the listing too.
+        assert_eq!(
+            absolute.sql_filter,
+            "category IN ('secret_list','secret_read')"
+        );
         assert!(absolute.score > 50.0, "{}", absolute.score);
         let enumeration = &driver.findings[1];
         let after = enumeration.evidence.observed.as_u64().unwrap();

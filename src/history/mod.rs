@@ -1,0 +1,521 @@
+//! History: events and alerts as Parquet files (zstd), partitioned hive-style, for SQL.
+//!
+//! Layout under the root (a folder or `s3://bucket/prefix`):
+//! `events/source=<product>/day=YYYY-MM-DD/hour=HH/part-….parquet` and
+//! `alerts/day=YYYY-MM-DD/hour=HH/part-….parquet` (by event time and by
+//! alert window end). Athena, Trino, Spark and DuckDB read this layout as is.
+//!
+//! The [`HistoryWriter`] buffers rows and encodes them on its own thread, so
+//! Parquet encoding never runs on the async runtime. A flush writes one file
+//! per open partition, each whole or not at all; the Kafka source stores
+//! input offsets only after the flush that made their rows durable.
+
+pub mod schema;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::detect::{Alert, Flag};
+use crate::event::{NormalizedEvent, Product};
+pub use schema::EventRow;
+pub use store::{S3Options, Store};
+
+/// `[history]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    /// Root of the history: a folder (created if missing) or `s3://bucket/prefix`
+    /// (credentials from the `AWS_*` environment variables). Empty: no history.
+    #[serde(default)]
+    pub path: String,
+    /// S3-compatible endpoint URL (MinIO, Ceph…); empty for AWS.
+    #[serde(default)]
+    pub s3_endpoint: String,
+    /// S3 region; empty: `AWS_REGION` or the SDK default.
+    #[serde(default)]
+    pub s3_region: String,
+    /// Allow plain-HTTP endpoints (local MinIO only).
+    #[serde(default)]
+    pub s3_allow_http: bool,
+    /// Files are closed (and input offsets stored) at least this often.
+    pub flush_interval_secs: u64,
+    /// …or as soon as this many events are buffered.
+    pub flush_max_events: usize,
+    /// Partitions whose hour ended more than this many days ago are deleted; 0 keeps all.
+    pub retention_days: u64,
+    /// Keep the vendor record of each event in the `raw_data` column (about 4× the size on disk).
+    #[serde(default)]
+    pub raw_data: bool,
+    /// zstd level for Parquet pages (1–22).
+    pub zstd_level: i32,
+}
+
+impl HistorySettings {
+    pub fn enabled(&self) -> bool {
+        !self.path.trim().is_empty()
+    }
+
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.flush_interval_secs == 0 || self.flush_interval_secs > 3600 {
+            return Err((
+                "history.flush_interval_secs".into(),
+                "must be between 1 and 3600".into(),
+            ));
+        }
+        if self.flush_max_events == 0 {
+            return Err((
+                "history.flush_max_events".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1..=22).contains(&self.zstd_level) {
+            return Err((
+                "history.zstd_level".into(),
+                "must be between 1 and 22".into(),
+            ));
+        }
+        let path = self.path.trim();
+        if path.contains("://") && !path.starts_with("s3://") && !path.starts_with("file://") {
+            return Err((
+                "history.path".into(),
+                format!("`{path}`: use a local folder or an s3://bucket/prefix URL"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn s3(&self) -> S3Options {
+        S3Options {
+            endpoint: self.s3_endpoint.trim().to_string(),
+            region: self.s3_region.trim().to_string(),
+            allow_http: self.s3_allow_http,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history settings: {0}")]
+    Config(String),
+    #[error("history file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("history object store: {0}")]
+    Remote(String),
+    #[error("encoding Parquet: {0}")]
+    Encode(String),
+    #[error("the history writer thread is gone")]
+    Gone,
+}
+
+impl HistoryError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        HistoryError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Counters of the writer, for metrics and the demo summary.
+#[derive(Debug, Default)]
+pub struct HistoryStats {
+    pub events_written: AtomicU64,
+    pub alerts_written: AtomicU64,
+    pub files_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub files_expired: AtomicU64,
+}
+
+/// What one flush wrote.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlushReport {
+    pub files: usize,
+    pub events: usize,
+    pub alerts: usize,
+    pub bytes: usize,
+}
+
+enum Msg {
+    Events(Vec<EventRow>),
+    Alerts(Vec<Alert>),
+    Flush(oneshot::Sender<Result<FlushReport, HistoryError>>),
+}
+
+/// Handle to the writer thread. Dropping it flushes what is buffered and stops the thread.
+pub struct HistoryWriter {
+    tx: Option<mpsc::Sender<Msg>>,
+    thread: Option<JoinHandle<()>>,
+    buffered: usize,
+    since: Option<Instant>,
+    interval: Duration,
+    max_events: usize,
+    stats: Arc<HistoryStats>,
+    store: Store,
+}
+
+impl HistoryWriter {
+    pub fn start(settings: &HistorySettings) -> Result<HistoryWriter, HistoryError> {
+        let store = Store::open(&settings.path, &settings.s3())?;
+        let level = ZstdLevel::try_new(settings.zstd_level)
+            .map_err(|e| HistoryError::Config(format!("history.zstd_level: {e}")))?;
+        let stats = Arc::new(HistoryStats::default());
+        // Object-store calls are async; the writer thread drives them on a runtime of its own.
+        let runtime = match &store {
+            Store::Local(_) => None,
+            Store::Remote { .. } => Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| HistoryError::io(Path::new("history runtime"), e))?,
+            ),
+        };
+        let (tx, rx) = mpsc::channel();
+        let mut thread = WriterThread {
+            store: store.clone(),
+            events: BTreeMap::new(),
+            alerts: BTreeMap::new(),
+            properties: WriterProperties::builder()
+                .set_compression(Compression::ZSTD(level))
+                .set_max_row_group_row_count(Some(256 * 1024))
+                .build(),
+            raw_data: settings.raw_data,
+            retention: (settings.retention_days > 0)
+                .then(|| chrono::Duration::days(settings.retention_days as i64)),
+            last_expiry: None,
+            sequence: 0,
+            stats: stats.clone(),
+            runtime,
+        };
+        let handle = std::thread::Builder::new()
+            .name("history".into())
+            .spawn(move || thread.run(rx))
+            .map_err(|e| HistoryError::io(Path::new("history thread"), e))?;
+        Ok(HistoryWriter {
+            tx: Some(tx),
+            thread: Some(handle),
+            buffered: 0,
+            since: None,
+            interval: Duration::from_secs(settings.flush_interval_secs),
+            max_events: settings.flush_max_events,
+            stats,
+            store,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<HistoryStats> {
+        self.stats.clone()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), HistoryError> {
+        self.tx
+            .as_ref()
+            .ok_or(HistoryError::Gone)?
+            .send(msg)
+            .map_err(|_| HistoryError::Gone)
+    }
+
+    /// Buffers events (with the findings each raised) for the next flush.
+    pub fn events(&mut self, rows: Vec<EventRow>) -> Result<(), HistoryError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.buffered += rows.len();
+        self.since.get_or_insert_with(Instant::now);
+        self.send(Msg::Events(rows))
+    }
+
+    /// Buffers alerts for the next flush.
+    pub fn alerts(&mut self, alerts: &[Alert]) -> Result<(), HistoryError> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        self.since.get_or_insert_with(Instant::now);
+        self.send(Msg::Alerts(alerts.to_vec()))
+    }
+
+    /// Whether buffered rows are due to be written (too many, or waiting too long).
+    pub fn due(&self) -> bool {
+        self.buffered >= self.max_events || self.since.is_some_and(|s| s.elapsed() >= self.interval)
+    }
+
+    /// Whether anything is buffered.
+    pub fn pending(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// When the buffered rows fall due by time, if any are buffered.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.since.map(|s| s + self.interval)
+    }
+
+    /// Writes every buffered row; returns once the files are durable.
+    pub async fn flush(&mut self) -> Result<FlushReport, HistoryError> {
+        if !self.pending() {
+            return Ok(FlushReport::default());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Flush(reply))?;
+        let report = rx.await.map_err(|_| HistoryError::Gone)??;
+        self.buffered = 0;
+        self.since = None;
+        Ok(report)
+    }
+
+    /// The blocking form of [`HistoryWriter::flush`], for code outside the runtime.
+    pub fn flush_blocking(&mut self) -> Result<FlushReport, HistoryError> {
+        if !self.pending() {
+            return Ok(FlushReport::default());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Flush(reply))?;
+        let report = rx.blocking_recv().map_err(|_| HistoryError::Gone)??;
+        self.buffered = 0;
+        self.since = None;
+        Ok(report)
+    }
+}
+
+impl Drop for HistoryWriter {
+    fn drop(&mut self) {
+        // Closing the channel makes the thread write what it holds and stop.
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The hour partition of an event: `(product, day, hour)`.
+type EventPartition = (Product, chrono::NaiveDate, u32);
+type AlertPartition = (chrono::NaiveDate, u32);
+
+struct WriterThread {
+    store: Store,
+    events: BTreeMap<EventPartition, Vec<EventRow>>,
+    alerts: BTreeMap<AlertPartition, Vec<Alert>>,
+    properties: WriterProperties,
+    raw_data: bool,
+    retention: Option<chrono::Duration>,
+    last_expiry: Option<Instant>,
+    sequence: u64,
+    stats: Arc<HistoryStats>,
+    runtime: Option<store::Runtime>,
+}
+
+fn hour_of(time: DateTime<Utc>) -> (chrono::NaiveDate, u32) {
+    (time.date_naive(), time.hour())
+}
+
+impl WriterThread {
+    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                Msg::Events(rows) => {
+                    for row in rows {
+                        let (day, hour) = hour_of(row.event.time);
+                        self.events
+                            .entry((row.event.product, day, hour))
+                            .or_default()
+                            .push(row);
+                    }
+                }
+                Msg::Alerts(alerts) => {
+                    for alert in alerts {
+                        self.alerts
+                            .entry(hour_of(alert.window_end))
+                            .or_default()
+                            .push(alert);
+                    }
+                }
+                Msg::Flush(reply) => {
+                    let _ = reply.send(self.flush());
+                }
+            }
+        }
+        // The handle is gone: write what is left rather than lose it.
+        if let Err(error) = self.flush() {
+            tracing::error!(%error, "history rows lost at shutdown");
+        }
+    }
+
+    fn encode(&self, batch: &RecordBatch) -> Result<Vec<u8>, HistoryError> {
+        let mut bytes = Vec::new();
+        let mut writer =
+            ArrowWriter::try_new(&mut bytes, batch.schema(), Some(self.properties.clone()))
+                .map_err(|e| HistoryError::Encode(e.to_string()))?;
+        writer
+            .write(batch)
+            .map_err(|e| HistoryError::Encode(e.to_string()))?;
+        writer
+            .close()
+            .map_err(|e| HistoryError::Encode(e.to_string()))?;
+        Ok(bytes)
+    }
+
+    fn file_name(&mut self) -> String {
+        self.sequence += 1;
+        format!(
+            "part-{}-{}-{:05}.parquet",
+            Utc::now().format("%Y%m%dT%H%M%S%3f"),
+            std::process::id(),
+            self.sequence
+        )
+    }
+
+    fn write(&mut self, relative: String, batch: &RecordBatch) -> Result<usize, HistoryError> {
+        let bytes = self.encode(batch)?;
+        let size = bytes.len();
+        self.store.put(&relative, bytes, self.runtime.as_ref())?;
+        self.stats.files_written.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_written
+            .fetch_add(size as u64, Ordering::Relaxed);
+        Ok(size)
+    }
+
+    /// Writes one file per buffered partition. A partition whose file failed stays
+    /// buffered (and the error is returned) so that nothing is lost.
+    fn flush(&mut self) -> Result<FlushReport, HistoryError> {
+        let mut report = FlushReport::default();
+        let events = std::mem::take(&mut self.events);
+        let mut failure = None;
+        for ((product, day, hour), rows) in events {
+            if failure.is_some() {
+                self.events.insert((product, day, hour), rows);
+                continue;
+            }
+            let result = schema::events_batch(&rows, self.raw_data)
+                .map_err(|e| HistoryError::Encode(e.to_string()))
+                .and_then(|batch| {
+                    let name = self.file_name();
+                    let relative = format!(
+                        "events/source={}/day={}/hour={hour:02}/{name}",
+                        product.as_str(),
+                        day.format("%Y-%m-%d")
+                    );
+                    self.write(relative, &batch)
+                });
+            match result {
+                Ok(bytes) => {
+                    report.files += 1;
+                    report.events += rows.len();
+                    report.bytes += bytes;
+                    self.stats
+                        .events_written
+                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    self.events.insert((product, day, hour), rows);
+                    failure = Some(error);
+                }
+            }
+        }
+        let alerts = std::mem::take(&mut self.alerts);
+        for ((day, hour), rows) in alerts {
+            if failure.is_some() {
+                self.alerts.insert((day, hour), rows);
+                continue;
+            }
+            let result = schema::alerts_batch(&rows)
+                .map_err(|e| HistoryError::Encode(e.to_string()))
+                .and_then(|batch| {
+                    let name = self.file_name();
+                    let relative = format!(
+                        "alerts/day={}/hour={hour:02}/{name}",
+                        day.format("%Y-%m-%d")
+                    );
+                    self.write(relative, &batch)
+                });
+            match result {
+                Ok(bytes) => {
+                    report.files += 1;
+                    report.alerts += rows.len();
+                    report.bytes += bytes;
+                    self.stats
+                        .alerts_written
+                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    self.alerts.insert((day, hour), rows);
+                    failure = Some(error);
+                }
+            }
+        }
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        self.expire();
+        Ok(report)
+    }
+
+    /// Deletes expired partitions, at most once an hour.
+    fn expire(&mut self) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        if self
+            .last_expiry
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(3600))
+        {
+            return;
+        }
+        self.last_expiry = Some(Instant::now());
+        let cutoff = Utc::now() - retention;
+        for table in ["events", "alerts"] {
+            match self.store.expire(table, cutoff, self.runtime.as_ref()) {
+                Ok(n) => {
+                    self.stats
+                        .files_expired
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    if n > 0 {
+                        tracing::info!(table, files = n, %cutoff, "expired history partitions");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, table, "history retention"),
+            }
+        }
+    }
+}
+
+/// The year, month and day of `time` as the `day=` partition value.
+pub fn day_value(time: DateTime<Utc>) -> String {
+    format!("{:04}-{:02}-{:02}", time.year(), time.month(), time.day())
+}
+
+/// Rows for the history from a batch's events and the flags the engine returned for them.
+pub fn event_rows(events: &[Arc<NormalizedEvent>], flags: &[(usize, Flag)]) -> Vec<EventRow> {
+    let mut rows: Vec<EventRow> = events
+        .iter()
+        .map(|event| EventRow {
+            event: event.clone(),
+            flags: Vec::new(),
+        })
+        .collect();
+    for (index, flag) in flags {
+        if let Some(row) = rows.get_mut(*index) {
+            row.flags.push(flag.clone());
+        }
+    }
+    rows
+}
