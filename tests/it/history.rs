@@ -373,3 +373,35 @@ print(json.dumps({"events": {s: n for s, n in rows}, "alerts": alerts}))
     }
     assert_eq!(theirs["alerts"].as_u64(), Some(r.alerts.len() as u64));
 }
+
+#[test]
+fn the_row_limit_cuts_and_says_so_and_the_time_limit_cancels() {
+    let r = replayed();
+    let output = appwarden()
+        .arg("query")
+        .arg("--history")
+        .arg(&r.history)
+        .args(["--format", "csv", "--max-rows", "3"])
+        .arg("SELECT time FROM events ORDER BY time")
+        .output()
+        .expect("query runs");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.lines().count(), 4, "header and three rows: {stdout}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cut at 3 rows"));
+
+    // Trillions of joined rows: only the time limit ends this query.
+    let started = std::time::Instant::now();
+    let output = appwarden()
+        .env("APPWARDEN__QUERY__TIMEOUT_SECS", "2")
+        .arg("query")
+        .arg("--history")
+        .arg(&r.history)
+        .arg("SELECT count(*) FROM events a, events b, events c WHERE a.time < b.time")
+        .output()
+        .expect("query runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("longer than 2 s"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
