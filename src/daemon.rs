@@ -11,8 +11,11 @@ use crate::detect::Engine;
 use crate::detect::engine::EngineError;
 use crate::history::HistoryWriter;
 use crate::identity::{RegistryError, RegistryHandle, RegistryReloader};
+use crate::observe::Observed;
+use crate::observe::http::{App, QueryEndpoint};
 use crate::pipeline::Pipeline;
-use crate::settings::Settings;
+use crate::query::{QueryEngine, QueryError};
+use crate::settings::{SecretError, Settings};
 use crate::sinks::{KafkaTopicWriter, NdjsonWriter, Outputs, SinkError};
 use crate::source::kafka::{
     KafkaSource, SnapshotPolicy, SourceError, SourceProgress, client_config,
@@ -31,6 +34,15 @@ pub enum DaemonError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    #[error("http.listen: cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("query.token: {0}")]
+    QueryToken(SecretError),
+    #[error("the query endpoint: {0}")]
+    Query(#[from] QueryError),
 }
 
 /// Builds the outputs the settings ask for. `kafka` is false for `replay`, which never produces.
@@ -77,6 +89,9 @@ pub struct Daemon {
     engine: Engine,
     snapshots: Option<SnapshotPolicy>,
     deliver: DeliverSettings,
+    observed: Arc<Observed>,
+    /// The HTTP listener, bound at build so that a taken port fails early.
+    http: Option<(std::net::TcpListener, Arc<App>)>,
 }
 
 impl Daemon {
@@ -86,7 +101,7 @@ impl Daemon {
             settings.input.max_record_bytes,
             registry.clone(),
             settings.registry.issued_credentials_max,
-            stats,
+            stats.clone(),
         )
         .with_max_future(settings.input.max_future_secs)
         .with_max_dead_letter_payload(settings.dead_letter.max_payload_bytes);
@@ -97,7 +112,19 @@ impl Daemon {
             path: settings.state.snapshot_path.trim().into(),
             interval: Duration::from_secs(settings.state.snapshot_interval_secs),
         });
+        let outbox_dir =
+            (!settings.deliver.sinks.is_empty()).then(|| settings.deliver.outbox_dir.trim().into());
+        let observed = Arc::new(Observed::new(
+            stats,
+            engine.stats().clone(),
+            source.progress(),
+            registry.clone(),
+            outbox_dir,
+        ));
+        let http = Self::bind_http(settings, &observed)?;
         Ok(Daemon {
+            observed,
+            http,
             deliver: settings.deliver.clone(),
             engine,
             snapshots,
@@ -108,6 +135,57 @@ impl Daemon {
             outputs,
             source,
         })
+    }
+
+    /// Binds the HTTP listener and builds the query endpoint the settings ask for.
+    fn bind_http(
+        settings: &Settings,
+        observed: &Arc<Observed>,
+    ) -> Result<Option<(std::net::TcpListener, Arc<App>)>, DaemonError> {
+        let address = match settings.http.address() {
+            Ok(Some(address)) => address,
+            // Validated with the settings; an empty value turns the listener off.
+            Ok(None) | Err(_) => return Ok(None),
+        };
+        if !address.ip().is_loopback() {
+            tracing::warn!(%address, "the HTTP listener is reachable from other hosts; /metrics and /readyz need no token");
+        }
+        let listener =
+            crate::observe::http::bind(address).map_err(|source| DaemonError::Listen {
+                address: address.to_string(),
+                source,
+            })?;
+        let query = match &settings.query.token {
+            Some(token) if settings.history.enabled() => {
+                let token = token.resolve().map_err(DaemonError::QueryToken)?;
+                let engine = QueryEngine::open(&settings.history, &settings.query)?;
+                Some(QueryEndpoint::new(engine, &token))
+            }
+            Some(_) => {
+                tracing::warn!(
+                    "query.token is set but history.path is empty: POST /v1/query is off"
+                );
+                None
+            }
+            None => None,
+        };
+        let app = Arc::new(App {
+            observed: observed.clone(),
+            query,
+        });
+        Ok(Some((listener, app)))
+    }
+
+    /// Where the HTTP listener is bound (the port chosen when `http.listen` ends in `:0`).
+    pub fn http_address(&self) -> Option<std::net::SocketAddr> {
+        self.http
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
+    /// Counters of every stage, as `/metrics` shows them.
+    pub fn observed(&self) -> Arc<Observed> {
+        self.observed.clone()
     }
 
     pub fn progress(&self) -> Arc<SourceProgress> {
@@ -134,9 +212,35 @@ impl Daemon {
             mut engine,
             snapshots,
             deliver,
+            observed,
+            http,
             ..
         } = self;
         let reload = tokio::spawn(reloader.run(reload_interval, shutdown.child_token()));
+        let http_stop = shutdown.child_token();
+        let server = match http {
+            None => None,
+            Some((listener, app)) => {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(source) => {
+                        shutdown.cancel();
+                        return Err(DaemonError::Listen {
+                            address: "the bound socket".into(),
+                            source,
+                        });
+                    }
+                };
+                if let Ok(address) = listener.local_addr() {
+                    tracing::info!(%address, "HTTP listener: /metrics /healthz /readyz POST /v1/query");
+                }
+                Some(tokio::spawn(crate::observe::http::serve(
+                    listener,
+                    app,
+                    http_stop.clone(),
+                )))
+            }
+        };
         let mut delivery = match Delivery::start(&deliver) {
             Ok(delivery) => delivery,
             Err(error) => {
@@ -144,6 +248,7 @@ impl Daemon {
                 return Err(DaemonError::Deliver(error));
             }
         };
+        observed.set_delivery(delivery.stats(), delivery.outbox().cloned());
         let result = source
             .run(
                 &mut pipeline,
@@ -163,6 +268,11 @@ impl Daemon {
             .await;
         if let Err(error) = reload.await {
             tracing::warn!(%error, "registry reloader ended abnormally");
+        }
+        // Metrics stay up until the end, so a scrape sees the drain.
+        http_stop.cancel();
+        if let Some(server) = server {
+            let _ = server.await;
         }
         result.map_err(DaemonError::from)
     }

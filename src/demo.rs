@@ -287,6 +287,8 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     // Files every few seconds, so the compressed days land in many hour partitions.
     settings.history.flush_interval_secs = 5;
     settings.deliver.sinks = demo_sinks(&options, out)?;
+    // A free port: the demo must not collide with a daemon running on the default one.
+    settings.http.listen = "127.0.0.1:0".into();
     settings
         .validate()
         .map_err(|(key, message)| DemoError::Options(format!("{key}: {message}")))?;
@@ -304,6 +306,9 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let stats = Arc::new(Stats::default());
     let daemon = Daemon::build(&settings, stats.clone())?;
     let engine_stats = daemon.engine_stats();
+    if let Some(address) = daemon.http_address() {
+        println!("metrics at http://{address}/metrics, readiness at http://{address}/readyz");
+    }
     let shutdown = CancellationToken::new();
     let daemon_task = tokio::spawn(daemon.run(shutdown.clone()));
 

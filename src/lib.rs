@@ -16,6 +16,9 @@
 //! - [`sinks`]: outputs for events and dead letters (Kafka topics, NDJSON files).
 //! - [`state`]: snapshots of detector and identity state, consistent with input offsets.
 //! - [`deliver`]: alert sinks (webhook, Slack, PagerDuty, email, kill switch) fed by the outbox.
+//! - [`history`]: the Parquet history of events and alerts (partitioned, atomic files, retention).
+//! - [`query`]: read-only SQL over the history with DataFusion (`appwarden query`, `POST /v1/query`).
+//! - [`observe`]: the HTTP listener: Prometheus `/metrics`, `/healthz`, `/readyz`, `POST /v1/query`.
 //! - [`daemon`]: wires settings into registry, pipeline, sinks and the Kafka source.
 //! - [`generator`]: seeded traffic of micro-apps in vendor formats, with injected incidents (demo, tests, benches).
 //! - [`demo`]: the daemon on an embedded Kafka with generated traffic (`appwarden demo`).
@@ -29,6 +32,7 @@ pub mod event;
 pub mod generator;
 pub mod history;
 pub mod identity;
+pub mod observe;
 pub mod pipeline;
 pub mod query;
 pub mod settings;

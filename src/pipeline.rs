@@ -203,7 +203,7 @@ impl Pipeline {
         });
         if let Err(error) = decoded {
             self.stats.decode_error(&error);
-            self.stats.dead_letter();
+            self.stats.dead_letter(error.reason());
             if let Some(suppressed) = self.warn.admit(error.reason()) {
                 tracing::warn!(
                     reason = error.reason(),

@@ -2,13 +2,16 @@
 //!
 //! Labels are fixed and low-cardinality (format, category, reason), never an identity.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::decode::DecodeError;
+use crate::detect::Alert;
 use crate::event::{Category, IdentityStatus, NormalizedEvent, Product, SourceKind};
 
 const SOURCES: [SourceKind; 3] = [SourceKind::Sso, SourceKind::Gateway, SourceKind::Secrets];
@@ -27,8 +30,14 @@ pub struct Stats {
     events_by_source: [AtomicU64; SOURCES.len()],
     events_by_status: [AtomicU64; 3],
     decode_errors: [AtomicU64; DecodeError::REASONS.len()],
-    dead_letters: AtomicU64,
+    dead_letters: [AtomicU64; DecodeError::REASONS.len()],
     alerts: AtomicU64,
+    /// Alerts by (detector, severity, app risk tier); detectors are configured, so few.
+    alerts_by_label: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
+    /// Event time of an alert's newest evidence → the alert emitted.
+    pub alert_latency: Latency,
+    /// Record received from the source → its batch processed and durable.
+    pub processing_latency: Latency,
 }
 
 /// A point-in-time copy of [`Stats`], for summaries and tests.
@@ -45,7 +54,10 @@ pub struct StatsSnapshot {
     pub anonymous: u64,
     pub decode_errors: Vec<(&'static str, u64)>,
     pub dead_letters: u64,
+    pub dead_letters_by_reason: Vec<(&'static str, u64)>,
     pub alerts: u64,
+    /// Alerts by detector, severity and app risk tier (`none` for unregistered identities).
+    pub alerts_by_label: Vec<((String, &'static str, &'static str), u64)>,
 }
 
 impl StatsSnapshot {
@@ -86,16 +98,30 @@ impl Stats {
         self.decode_errors[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn alert(&self) {
+    /// Counts an emitted alert by its labels and records its event → alert latency.
+    pub fn alert(&self, alert: &Alert) {
         self.alerts.fetch_add(1, Ordering::Relaxed);
+        let tier = alert.app.as_ref().map_or("none", |a| a.risk_tier.as_str());
+        let key = (alert.detector.clone(), alert.severity.as_str(), tier);
+        *lock(&self.alerts_by_label).entry(key).or_insert(0) += 1;
+        let behind = chrono::Utc::now() - alert.window_end;
+        self.alert_latency
+            .record(behind.to_std().unwrap_or(Duration::ZERO));
     }
 
-    pub fn dead_letter(&self) {
-        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+    /// Counts a dead-lettered record by its reason (one of [`DecodeError::REASONS`]).
+    pub fn dead_letter(&self, reason: &str) {
+        let i = index_of(&DecodeError::REASONS, &reason);
+        self.dead_letters[i].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let dead_letters_by_reason: Vec<(&'static str, u64)> = DecodeError::REASONS
+            .iter()
+            .zip(&self.dead_letters)
+            .map(|(r, a)| (*r, load(a)))
+            .collect();
         let events_by_product: Vec<_> = Product::ALL
             .iter()
             .zip(&self.events_by_product)
@@ -124,8 +150,80 @@ impl Stats {
                 .zip(&self.decode_errors)
                 .map(|(r, a)| (*r, load(a)))
                 .collect(),
-            dead_letters: load(&self.dead_letters),
+            dead_letters: dead_letters_by_reason.iter().map(|(_, v)| v).sum(),
+            dead_letters_by_reason,
             alerts: load(&self.alerts),
+            alerts_by_label: lock(&self.alerts_by_label)
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A latency distribution (hdrhistogram, microseconds, 1 µs to 1 day at 3
+/// significant digits), exported as a Prometheus summary.
+#[derive(Debug)]
+pub struct Latency {
+    histogram: Mutex<Histogram<u64>>,
+    sum_micros: AtomicU64,
+}
+
+/// Quantiles of a [`Latency`], in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencySnapshot {
+    pub count: u64,
+    pub sum_secs: f64,
+    /// (quantile, seconds) for 0.5, 0.9, 0.99 and 0.999.
+    pub quantiles: Vec<(f64, f64)>,
+}
+
+const MAX_LATENCY_MICROS: u64 = 86_400_000_000;
+
+impl Default for Latency {
+    fn default() -> Self {
+        let histogram = Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3)
+            .unwrap_or_else(|_| unreachable!("constant bounds are valid"));
+        Latency {
+            histogram: Mutex::new(histogram),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Latency {
+    pub fn record(&self, latency: Duration) {
+        self.record_all(std::iter::once(latency));
+    }
+
+    /// Records many values under one lock (a batch's records).
+    pub fn record_all(&self, latencies: impl IntoIterator<Item = Duration>) {
+        let mut histogram = lock(&self.histogram);
+        let mut sum = 0u64;
+        for latency in latencies {
+            let micros = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_MICROS);
+            histogram.saturating_record(micros);
+            sum = sum.saturating_add(micros);
+        }
+        self.sum_micros.fetch_add(sum, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let histogram = lock(&self.histogram);
+        LatencySnapshot {
+            count: histogram.len(),
+            sum_secs: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            quantiles: [0.5, 0.9, 0.99, 0.999]
+                .into_iter()
+                .map(|q| (q, histogram.value_at_quantile(q) as f64 / 1e6))
+                .collect(),
         }
     }
 }
@@ -152,10 +250,7 @@ impl RateLimitedLog {
     }
 
     fn admit_at(&self, kind: &'static str, now: Instant) -> Option<u64> {
-        let mut last = match self.last.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut last = lock(&self.last);
         match last.iter_mut().find(|(k, _, _)| *k == kind) {
             None => {
                 last.push((kind, now, 0));

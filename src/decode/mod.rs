@@ -46,6 +46,19 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every format, `auto` first.
+    pub const ALL: [Format; 9] = [
+        Format::Auto,
+        Format::Okta,
+        Format::Entra,
+        Format::Cloudtrail,
+        Format::Vault,
+        Format::Kong,
+        Format::Envoy,
+        Format::Squid,
+        Format::Generic,
+    ];
+
     pub const NAMES: &'static str =
         "auto, okta, entra, cloudtrail, vault, kong, envoy, squid, generic";
 
@@ -87,18 +100,8 @@ impl fmt::Display for Format {
 impl FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let all = [
-            Format::Auto,
-            Format::Okta,
-            Format::Entra,
-            Format::Cloudtrail,
-            Format::Vault,
-            Format::Kong,
-            Format::Envoy,
-            Format::Squid,
-            Format::Generic,
-        ];
-        all.into_iter()
+        Format::ALL
+            .into_iter()
             .find(|f| f.as_str() == s)
             .ok_or_else(|| format!("unknown format `{s}`; expected one of: {}", Format::NAMES))
     }

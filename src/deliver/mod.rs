@@ -108,6 +108,19 @@ pub enum SinkKind {
     },
 }
 
+impl SinkKind {
+    /// The kind's name, as written in the settings (`kind = "webhook"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SinkKind::Webhook { .. } => "webhook",
+            SinkKind::Slack { .. } => "slack",
+            SinkKind::Pagerduty { .. } => "pagerduty",
+            SinkKind::Email { .. } => "email",
+            SinkKind::Revocation { .. } => "revocation",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SmtpSecurity {

@@ -104,12 +104,50 @@ impl Sink {
     }
 }
 
-/// Delivery counters (low-cardinality; per sink they go to logs).
+/// Delivery counters: totals, and per configured sink (sinks are few, so a fine label).
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
     pub delivered: AtomicU64,
     pub retries: AtomicU64,
     pub given_up: AtomicU64,
+    pub sinks: Vec<SinkCounters>,
+}
+
+/// What one sink did.
+#[derive(Debug)]
+pub struct SinkCounters {
+    pub name: String,
+    /// `webhook`, `slack`, `pagerduty`, `email` or `revocation`.
+    pub kind: &'static str,
+    pub delivered: AtomicU64,
+    /// Failed attempts that will be retried (timeouts, 5xx, refused connections).
+    pub retries: AtomicU64,
+    /// Alerts the sink refused for good (4xx, bad address); not retried.
+    pub given_up: AtomicU64,
+}
+
+impl DeliveryStats {
+    fn for_sinks(sinks: &[SinkSettings]) -> Self {
+        DeliveryStats {
+            sinks: sinks
+                .iter()
+                .map(|s| SinkCounters {
+                    name: s.name.clone(),
+                    kind: s.kind.as_str(),
+                    delivered: AtomicU64::new(0),
+                    retries: AtomicU64::new(0),
+                    given_up: AtomicU64::new(0),
+                })
+                .collect(),
+            ..DeliveryStats::default()
+        }
+    }
+
+    fn sink(&self, index: usize, pick: impl Fn(&SinkCounters) -> &AtomicU64) {
+        if let Some(counters) = self.sinks.get(index) {
+            pick(counters).fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +174,7 @@ impl Delivery {
     pub fn start(settings: &DeliverSettings) -> Result<Delivery, DeliverError> {
         let shutdown = CancellationToken::new();
         let router = Router::new(settings.group_window_secs, &settings.sinks);
-        let stats = Arc::new(DeliveryStats::default());
+        let stats = Arc::new(DeliveryStats::for_sinks(&settings.sinks));
         let wake = Arc::new(Notify::new());
         if settings.sinks.is_empty() {
             return Ok(Delivery {
@@ -155,7 +193,7 @@ impl Delivery {
             Duration::from_millis(settings.retry_max_ms),
         );
         let mut workers = Vec::new();
-        for sink_settings in &settings.sinks {
+        for (index, sink_settings) in settings.sinks.iter().enumerate() {
             let sink = Sink::new(sink_settings).map_err(|message| DeliverError::Sink {
                 sink: sink_settings.name.clone(),
                 message,
@@ -166,7 +204,7 @@ impl Delivery {
                 outbox.clone(),
                 backoff,
                 wake.clone(),
-                stats.clone(),
+                (stats.clone(), index),
                 shutdown.clone(),
             )));
         }
@@ -236,7 +274,7 @@ async fn run_sink(
     outbox: Outbox,
     (initial, max): (Duration, Duration),
     wake: Arc<Notify>,
-    stats: Arc<DeliveryStats>,
+    (stats, index): (Arc<DeliveryStats>, usize),
     shutdown: CancellationToken,
 ) {
     let name = settings.name.clone();
@@ -284,12 +322,14 @@ async fn run_sink(
             match result {
                 Ok(()) => {
                     stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    stats.sink(index, |c| &c.delivered);
                     if let Err(error) = outbox.finish(&name, seq) {
                         tracing::error!(sink = %name, %error, "cannot record a delivery");
                     }
                 }
                 Err(DeliveryError::Fatal(message)) => {
                     stats.given_up.fetch_add(1, Ordering::Relaxed);
+                    stats.sink(index, |c| &c.given_up);
                     tracing::error!(sink = %name, alert = %alert.id, %message, "sink refused the alert; not retried");
                     if let Err(error) = outbox.finish(&name, seq) {
                         tracing::error!(sink = %name, %error, "cannot record a refused alert");
@@ -297,6 +337,7 @@ async fn run_sink(
                 }
                 Err(DeliveryError::Retry(message)) => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
+                    stats.sink(index, |c| &c.retries);
                     tracing::warn!(sink = %name, alert = %alert.id, %message, "delivery failed; will retry");
                     outbox.release(&name, seq);
                     retry = true;

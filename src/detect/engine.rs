@@ -90,6 +90,36 @@ pub struct EngineStats {
     pub alerts: AtomicU64,
     pub suppressed: AtomicU64,
     pub evicted_identities: AtomicU64,
+    /// Identities tracked over all detectors, per shard (a gauge each shard updates after a batch).
+    pub tracked_by_shard: Vec<AtomicU64>,
+    /// Estimated bytes of detector state, per shard (see [`super::StateStore::approx_bytes`]).
+    pub state_bytes_by_shard: Vec<AtomicU64>,
+}
+
+impl EngineStats {
+    fn with_shards(shards: usize) -> Self {
+        EngineStats {
+            tracked_by_shard: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            state_bytes_by_shard: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            ..EngineStats::default()
+        }
+    }
+
+    /// Identities tracked over all detectors and shards, as of each shard's last batch.
+    pub fn tracked_identities(&self) -> u64 {
+        self.tracked_by_shard
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Estimated bytes of all detector state, as of each shard's last batch.
+    pub fn state_bytes(&self) -> u64 {
+        self.state_bytes_by_shard
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// Everything the engine knows, for snapshots.
@@ -139,6 +169,8 @@ struct Shard {
     last_eviction: Option<DateTime<Utc>>,
     idle: Duration,
     stats: Arc<EngineStats>,
+    /// This shard's slot in the per-shard gauges of `stats`.
+    index: usize,
 }
 
 impl Shard {
@@ -268,7 +300,21 @@ impl Shard {
             }
         }
         self.advance(watermark, registry, &mut out);
+        self.publish_gauges();
         (out, flags)
+    }
+
+    fn publish_gauges(&self) {
+        let (tracked, bytes) = self.detectors.iter().fold((0, 0), |(t, b), sd| {
+            let store = sd.detector.store();
+            (t + store.tracked(), b + store.approx_bytes())
+        });
+        if let Some(slot) = self.stats.tracked_by_shard.get(self.index) {
+            slot.store(tracked as u64, Ordering::Relaxed);
+        }
+        if let Some(slot) = self.stats.state_bytes_by_shard.get(self.index) {
+            slot.store(bytes as u64, Ordering::Relaxed);
+        }
     }
 
     fn save(&self) -> EngineState {
@@ -325,6 +371,7 @@ impl Shard {
                 }
                 ShardMsg::Load(state, reply) => {
                     let _ = reply.send(self.load(state));
+                    self.publish_gauges();
                 }
                 ShardMsg::Tracked(reply) => {
                     let _ = reply.send(self.detectors.iter().map(|d| d.detector.tracked()).sum());
@@ -420,7 +467,7 @@ impl Engine {
                 settings.detectors_dir.display().to_string(),
             ));
         }
-        let stats = Arc::new(EngineStats::default());
+        let stats = Arc::new(EngineStats::with_shards(settings.shards.max(1)));
         let mut shards = Vec::new();
         let mut threads = Vec::new();
         for n in 0..settings.shards.max(1) {
@@ -438,6 +485,7 @@ impl Engine {
                 last_eviction: None,
                 idle: Duration::seconds(settings.idle_eviction_secs as i64),
                 stats: stats.clone(),
+                index: n,
             };
             let (tx, rx) = mpsc::channel();
             let thread = std::thread::Builder::new()

@@ -82,6 +82,9 @@ pub trait Detector: Send {
 /// Per-identity state as the engine handles it: counted, evicted, saved, restored.
 pub trait StateStore {
     fn tracked(&self) -> usize;
+    /// Estimated bytes of the table: its slots and keys, without the heap parts
+    /// inside each state (window buffers), so a lower bound. O(1).
+    fn approx_bytes(&self) -> usize;
     fn evict_idle(&mut self, before: DateTime<Utc>) -> usize;
     fn save(&self) -> Vec<(String, serde_json::Value)>;
     fn load(&mut self, key: String, state: serde_json::Value) -> Result<(), String>;
@@ -90,6 +93,13 @@ pub trait StateStore {
 impl<S: Default + Serialize + DeserializeOwned> StateStore for IdentityMap<S> {
     fn tracked(&self) -> usize {
         self.len()
+    }
+
+    fn approx_bytes(&self) -> usize {
+        // A key is an identity such as `app:crm-sync-bot` or an email: ~32 bytes on the heap.
+        const KEY_HEAP: usize = 32;
+        let slot = std::mem::size_of::<(String, (S, DateTime<Utc>))>() + 1;
+        self.entries.capacity() * slot + self.entries.len() * KEY_HEAP
     }
 
     fn evict_idle(&mut self, before: DateTime<Utc>) -> usize {

@@ -259,6 +259,37 @@ async fn execute(ctx: SessionContext, sql: &str, max_rows: usize) -> Result<Answ
     })
 }
 
+/// An answer as the HTTP endpoint returns it:
+/// `{"columns": [...], "rows": [{...}, ...], "row_count": N, "truncated": bool}`.
+pub fn answer_json(answer: &Answer) -> Result<Vec<u8>, QueryError> {
+    let failed = |e: &dyn std::fmt::Display| QueryError::Failed(format!("encoding: {e}"));
+    let mut rows = Vec::new();
+    {
+        let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut rows);
+        for batch in &answer.batches {
+            writer.write(batch).map_err(|e| failed(&e))?;
+        }
+        writer.finish().map_err(|e| failed(&e))?;
+    }
+    if rows.is_empty() {
+        rows.extend_from_slice(b"[]");
+    }
+    let columns = serde_json::to_string(&column_names(answer)).map_err(|e| failed(&e))?;
+    let mut out = Vec::with_capacity(rows.len() + columns.len() + 64);
+    out.extend_from_slice(b"{\"columns\":");
+    out.extend_from_slice(columns.as_bytes());
+    out.extend_from_slice(b",\"rows\":");
+    out.extend_from_slice(&rows);
+    out.extend_from_slice(
+        format!(
+            ",\"row_count\":{},\"truncated\":{}}}",
+            answer.rows, answer.truncated
+        )
+        .as_bytes(),
+    );
+    Ok(out)
+}
+
 /// How `appwarden query` prints an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {

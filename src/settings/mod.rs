@@ -18,6 +18,7 @@ use crate::decode::{FieldMapping, Format};
 use crate::deliver::worker::DeliverSettings;
 use crate::detect::EngineSettings;
 use crate::history::HistorySettings;
+use crate::observe::HttpSettings;
 use crate::query::QuerySettings;
 pub use secret::{SecretError, SecretRef};
 
@@ -54,6 +55,8 @@ pub struct Settings {
     pub history: HistorySettings,
     /// Limits of SQL over the history (`appwarden query`, `POST /v1/query`).
     pub query: QuerySettings,
+    /// The daemon's HTTP listener (metrics, health, SQL).
+    pub http: HttpSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -439,6 +442,7 @@ impl Settings {
         self.deliver.validate()?;
         self.history.validate()?;
         self.query.validate()?;
+        self.http.validate()?;
         if self.state.snapshot_interval_secs == 0 {
             return err("state.snapshot_interval_secs", "must be at least 1".into());
         }

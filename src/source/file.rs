@@ -3,8 +3,9 @@
 //!
 //! How a file is split into records is decided from its first bytes:
 //! `[` → each array element is a record; `{` whose first line is a whole JSON
-//! value → one record per line; `{` spanning lines → the document is one
-//! record; anything else → one record per line.
+//! value, or followed by lines that are → one record per line (a bad first line
+//! is one dead letter); `{` spanning lines → the document is one record;
+//! anything else → one record per line.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -127,9 +128,21 @@ impl RecordReader {
                         pending: Some(line),
                     }
                 } else {
-                    // A JSON document over several lines (a pretty-printed CloudTrail file): one record.
-                    reader.read_to_end(&mut line).map_err(read_err)?;
-                    Shape::Whole(Some(line))
+                    let mut rest = Vec::new();
+                    reader.read_to_end(&mut rest).map_err(read_err)?;
+                    if rest.split(|b| *b == b'\n').any(is_json_object_line) {
+                        // NDJSON whose first line is bad (truncated, say): read on line by
+                        // line, so only that line is dead-lettered and the rest is processed.
+                        reader = Box::new(std::io::Cursor::new(rest));
+                        Shape::Lines {
+                            pending: Some(line),
+                        }
+                    } else {
+                        // A JSON document over several lines (a pretty-printed CloudTrail file): one record.
+                        progress.inc(rest.len() as u64);
+                        line.extend_from_slice(&rest);
+                        Shape::Whole(Some(line))
+                    }
                 }
             }
             Some(_) => Shape::Lines { pending: None },
@@ -190,6 +203,12 @@ impl RecordReader {
             },
         }
     }
+}
+
+/// Whether a line is, on its own, a whole JSON object (an NDJSON record).
+fn is_json_object_line(line: &[u8]) -> bool {
+    let line = trim_line(line);
+    line.first() == Some(&b'{') && serde_json::from_slice::<IgnoredAny>(line).is_ok()
 }
 
 fn trim_line(line: &[u8]) -> &[u8] {
@@ -253,7 +272,7 @@ pub async fn replay(
     detect(pipeline, engine, outputs, &mut batch).await?;
     for alert in engine.finish(&pipeline.registry()).await? {
         outputs.alert(&alert).await?;
-        pipeline.stats().alert();
+        pipeline.stats().alert(&alert);
     }
     outputs.commit().await?;
     outputs.flush_history().await?;
@@ -272,7 +291,7 @@ async fn detect(
     outputs.events(batch, &processed.flags, &registry).await?;
     for alert in &processed.alerts {
         outputs.alert(alert).await?;
-        pipeline.stats().alert();
+        pipeline.stats().alert(alert);
     }
     batch.clear();
     outputs.commit().await?;

@@ -79,7 +79,7 @@ pub fn client_config(settings: &KafkaSettings) -> Result<ClientConfig, SourceErr
     Ok(config)
 }
 
-/// What the consumer is doing, for summaries and readiness.
+/// What the consumer is doing, for summaries, metrics and readiness.
 #[derive(Debug, Default)]
 pub struct SourceProgress {
     /// Partitions currently assigned to this process.
@@ -88,6 +88,47 @@ pub struct SourceProgress {
     pub ever_assigned: AtomicBool,
     /// Batches whose offsets were stored.
     pub batches_committed: AtomicI64,
+    /// Records read per input topic, with the topic's configured format.
+    pub consumed: Vec<TopicCounter>,
+    /// From librdkafka's statistics (every `statistics.interval.ms`).
+    pub client: std::sync::Mutex<ClientView>,
+}
+
+/// Records read from one input topic.
+#[derive(Debug)]
+pub struct TopicCounter {
+    pub topic: String,
+    pub format: &'static str,
+    pub records: std::sync::atomic::AtomicU64,
+}
+
+/// The consumer as librdkafka last described it in its statistics.
+#[derive(Debug, Default, Clone)]
+pub struct ClientView {
+    /// When the statistics arrived; `None` before the first.
+    pub updated: Option<Instant>,
+    /// Brokers with an open connection (state `UP`), bootstrap entries excluded.
+    pub brokers_up: usize,
+    /// Brokers known, bootstrap entries excluded.
+    pub brokers_known: usize,
+    /// Messages behind the high watermark, per assigned (topic, partition).
+    pub lag: Vec<(String, i32, i64)>,
+}
+
+impl SourceProgress {
+    fn count(&self, topic: &str) {
+        if let Some(counter) = self.consumed.iter().find(|c| c.topic == topic) {
+            counter.records.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The latest [`ClientView`].
+    pub fn client_view(&self) -> ClientView {
+        match self.client.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 /// Logs rebalances and commits stored offsets before partitions are taken away,
@@ -110,7 +151,42 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// Keeps what readiness and `/metrics` need from librdkafka's statistics.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let brokers = statistics.brokers.values().filter(|b| b.nodeid >= 0);
+        let (mut known, mut up) = (0, 0);
+        for broker in brokers {
+            known += 1;
+            if broker.state == "UP" {
+                up += 1;
+            }
+        }
+        let mut lag: Vec<(String, i32, i64)> = statistics
+            .topics
+            .iter()
+            .flat_map(|(name, topic)| {
+                topic
+                    .partitions
+                    .values()
+                    // -1 is librdkafka's "unknown" (not consumed here); partition -1 is its internal UA.
+                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                    .map(move |p| (name.clone(), p.partition, p.consumer_lag))
+            })
+            .collect();
+        lag.sort();
+        let view = ClientView {
+            updated: Some(Instant::now()),
+            brokers_up: up,
+            brokers_known: known,
+            lag,
+        };
+        match self.progress.client.lock() {
+            Ok(mut guard) => *guard = view,
+            Err(poisoned) => *poisoned.into_inner() = view,
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     /// librdkafka's default rebalance, except that partitions covered by a
@@ -277,6 +353,8 @@ impl BatchOffsets {
 /// What the consume loop carries between batches.
 struct RunState {
     batch: BatchOffsets,
+    /// When each record of the open batch was received.
+    received: Vec<Instant>,
     /// Events of the open batch, for the detectors.
     events: Vec<Arc<NormalizedEvent>>,
     /// Next offset to read per partition, as far as durable outputs go.
@@ -314,6 +392,7 @@ impl RunState {
         }
         if self.batch.partitions.is_empty() {
             self.batch.records = 0;
+            self.received.clear();
             self.batch_deadline = None;
         }
         for (topic, partition) in revoked {
@@ -340,11 +419,24 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             // A new group must see the records already waiting, not only new ones.
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // Lag and broker state for /metrics and /readyz; a user setting wins.
+            .set("statistics.interval.ms", "1000");
         for (key, value) in &settings.consumer_properties {
             config.set(key, value);
         }
-        let progress = Arc::new(SourceProgress::default());
+        let progress = Arc::new(SourceProgress {
+            consumed: settings
+                .topics
+                .iter()
+                .map(|t| TopicCounter {
+                    topic: t.name.clone(),
+                    format: t.format.as_str(),
+                    records: Default::default(),
+                })
+                .collect(),
+            ..SourceProgress::default()
+        });
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(GroupContext {
             progress: progress.clone(),
             resume: std::sync::Mutex::new(HashMap::new()),
@@ -399,6 +491,7 @@ impl KafkaSource {
         self.consumer.subscribe(&names)?;
         let mut run = RunState {
             batch: BatchOffsets::default(),
+            received: Vec::new(),
             events: Vec::new(),
             position,
             unflushed: Vec::new(),
@@ -601,6 +694,8 @@ impl KafkaSource {
                 }
             };
             let topic = message.topic();
+            run.received.push(Instant::now());
+            self.progress.count(topic);
             let (format, options) = self.topics.get(topic);
             let origin = Origin::Kafka {
                 topic: topic.to_string(),
@@ -662,11 +757,15 @@ impl KafkaSource {
             // alert is written anywhere, so every copy says the same.
             delivery.submit(alert)?;
             outputs.alert(alert).await?;
-            pipeline.stats().alert();
+            pipeline.stats().alert(alert);
         }
         outputs.commit().await?;
         // Alerts that page are durable in the outbox before their input offsets move.
         delivery.sync()?;
+        pipeline
+            .stats()
+            .processing_latency
+            .record_all(run.received.drain(..).map(|t| t.elapsed()));
         let offsets = run.batch.partitions.drain(..);
         if outputs.history.is_some() {
             // The history holds these events in memory until its next flush.

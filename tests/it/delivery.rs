@@ -17,20 +17,20 @@ use chrono::{TimeZone, Utc};
 
 use crate::support::{unique, wait_until};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
 }
 
 /// A real HTTP server that answers 200 and counts deliveries per alert id.
-struct Receiver {
+pub(crate) struct Receiver {
     seen: Arc<Mutex<HashMap<String, u32>>>,
     server: Arc<tiny_http::Server>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Receiver {
-    fn start(port: u16) -> Receiver {
+    pub(crate) fn start(port: u16) -> Receiver {
         let server =
             Arc::new(tiny_http::Server::http(("127.0.0.1", port)).expect("receiver listens"));
         let seen = Arc::new(Mutex::new(HashMap::new()));
@@ -54,7 +54,7 @@ impl Receiver {
         }
     }
 
-    fn counts(&self) -> HashMap<String, u32> {
+    pub(crate) fn counts(&self) -> HashMap<String, u32> {
         self.seen.lock().expect("lock").clone()
     }
 }
@@ -262,6 +262,8 @@ max_source_skew_secs = 21600
 [history]
 path = "{history}"
 flush_interval_secs = 1
+[http]
+listen = "127.0.0.1:0"
 [deliver]
 outbox_dir = "{outbox}"
 group_window_secs = 3600

@@ -65,3 +65,22 @@ fn registry_example_loads() {
     .expect("config/registry.yaml is valid");
     assert!(shipped.app("invoice-bot").is_some());
 }
+
+#[test]
+fn metrics_table_lists_exactly_the_exported_families() {
+    let text = readme();
+    let start = text
+        .find("Metrics (labels are fixed")
+        .expect("README has the metrics table");
+    let documented: std::collections::BTreeSet<&str> = text[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('`').nth(1))
+        .collect();
+    let exported: std::collections::BTreeSet<&str> = appwarden::observe::metrics::FAMILIES
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(documented, exported);
+}

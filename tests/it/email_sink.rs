@@ -19,7 +19,7 @@ const OWNER: &str = "maria.lopez@corp.example";
 const ESCALATION: &str = "payroll-oncall@corp.example";
 
 /// aiosmtpd listening on loopback, killed on drop.
-struct SmtpServer {
+pub(crate) struct SmtpServer {
     child: Child,
     port: u16,
     maildir: PathBuf,
@@ -29,7 +29,12 @@ struct SmtpServer {
 
 impl SmtpServer {
     /// Stores every message in a Maildir.
-    async fn mailbox() -> SmtpServer {
+    pub(crate) async fn mailbox() -> SmtpServer {
+        SmtpServer::mailbox_at(free_port()).await
+    }
+
+    /// A Maildir server on `port` (a test that starts it late picks the port first).
+    pub(crate) async fn mailbox_at(port: u16) -> SmtpServer {
         let dir = tempfile::tempdir().unwrap();
         // The Mailbox handler creates the Maildir itself and refuses an existing,
         // non-Maildir directory: name a path inside the tempdir, do not create it.
@@ -38,7 +43,7 @@ impl SmtpServer {
             "aiosmtpd.handlers.Mailbox".to_string(),
             maildir.display().to_string(),
         ];
-        SmtpServer::start(dir, maildir, args, None).await
+        SmtpServer::start(dir, maildir, args, None, port).await
     }
 
     /// Answers every RCPT TO with `code`: a server that refuses mail.
@@ -59,7 +64,7 @@ impl SmtpServer {
         let maildir = dir.path().join("unused");
         let python_path = dir.path().to_path_buf();
         let args = vec!["rejecting.Reject".to_string(), code.to_string()];
-        SmtpServer::start(dir, maildir, args, Some(python_path)).await
+        SmtpServer::start(dir, maildir, args, Some(python_path), free_port()).await
     }
 
     async fn start(
@@ -67,9 +72,9 @@ impl SmtpServer {
         maildir: PathBuf,
         handler: Vec<String>,
         python_path: Option<PathBuf>,
+        port: u16,
     ) -> SmtpServer {
         require_aiosmtpd();
-        let port = free_port();
         let log = dir.path().join("aiosmtpd.log");
         let mut command = Command::new("python3");
         command
@@ -124,7 +129,7 @@ impl SmtpServer {
     }
 
     /// Raw messages delivered so far.
-    fn delivered(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn delivered(&self) -> Vec<Vec<u8>> {
         let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
             return Vec::new();
         };

@@ -42,13 +42,13 @@ apps:
 
 /// One record to produce: topic suffix, payload, and the product it must decode as
 /// (`None` for a record that must be dead-lettered).
-struct Input {
-    topic: &'static str,
-    payload: Vec<u8>,
-    expect: Option<Product>,
+pub(crate) struct Input {
+    pub topic: &'static str,
+    pub payload: Vec<u8>,
+    pub expect: Option<Product>,
 }
 
-fn inputs() -> Vec<Input> {
+pub(crate) fn inputs() -> Vec<Input> {
     let okta = wrapped_sample("okta_systemlog/panther_rule_tests.ndjson", |l| {
         l["eventType"] == "user.session.start" && l["actor"]["alternateId"] == "casey.hill@hey.com"
     });
@@ -87,15 +87,15 @@ fn inputs() -> Vec<Input> {
     ]
 }
 
-struct Harness {
-    _dir: tempfile::TempDir,
-    settings: Settings,
-    events_path: std::path::PathBuf,
-    dead_path: std::path::PathBuf,
-    topic_names: HashMap<&'static str, String>,
+pub(crate) struct Harness {
+    pub dir: tempfile::TempDir,
+    pub settings: Settings,
+    pub events_path: std::path::PathBuf,
+    pub dead_path: std::path::PathBuf,
+    pub topic_names: HashMap<&'static str, String>,
 }
 
-fn harness(
+pub(crate) fn harness(
     brokers: &str,
     cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
 ) -> Harness {
@@ -123,6 +123,7 @@ fn harness(
     settings.kafka.brokers = brokers.to_string();
     settings.kafka.group_id = unique("it-group");
     settings.kafka.batch_linger_ms = 5;
+    settings.http.listen = "127.0.0.1:0".into();
     // The mock cluster lets a departed member's session expire before the next join completes.
     settings
         .kafka
@@ -168,7 +169,7 @@ fn harness(
     settings.history.retention_days = 0;
     settings.validate().expect("test settings valid");
     Harness {
-        _dir: dir,
+        dir,
         settings,
         events_path,
         dead_path,
@@ -177,7 +178,10 @@ fn harness(
 }
 
 /// Produces records (batched, in order per partition); returns (topic, partition, offset) of each.
-async fn produce(brokers: &str, records: &[(String, Vec<u8>)]) -> Vec<(String, i32, i64)> {
+pub(crate) async fn produce(
+    brokers: &str,
+    records: &[(String, Vec<u8>)],
+) -> Vec<(String, i32, i64)> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")

@@ -1,0 +1,167 @@
+//! Observing the daemon: Prometheus metrics, health and readiness, and SQL over HTTP.
+//!
+//! Every stage keeps its own counters (telemetry, engine, source, delivery);
+//! [`Observed`] holds shared handles to them, and the HTTP listener
+//! ([`http`]) renders them on request ([`metrics`]). Nothing here is on the
+//! hot path: a scrape reads atomics and takes a few short locks.
+
+pub mod http;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::deliver::outbox::Outbox;
+use crate::deliver::worker::DeliveryStats;
+use crate::detect::engine::EngineStats;
+use crate::identity::RegistryHandle;
+use crate::source::kafka::SourceProgress;
+use crate::telemetry::Stats;
+
+/// `[http]` settings: the daemon's own listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of `/metrics`, `/healthz`, `/readyz` and `POST /v1/query`, as
+    /// `host:port`. Loopback by default; an empty value turns the listener off.
+    /// Port 0 picks a free port (logged at start).
+    pub listen: String,
+}
+
+impl HttpSettings {
+    /// The address to bind, or `None` when the listener is off.
+    pub fn address(&self) -> Result<Option<SocketAddr>, String> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        listen
+            .parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|e| format!("`{listen}` is not host:port with an IP address: {e}"))
+    }
+
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.address()
+            .map(|_| ())
+            .map_err(|m| ("http.listen".to_string(), m))
+    }
+}
+
+/// How stale librdkafka's statistics may be before the broker counts as unknown.
+const CLIENT_VIEW_MAX_AGE: Duration = Duration::from_secs(15);
+
+/// Shared handles to the counters of every stage, for `/metrics` and `/readyz`.
+pub struct Observed {
+    pub stats: Arc<Stats>,
+    pub engine: Arc<EngineStats>,
+    pub source: Arc<SourceProgress>,
+    pub registry: RegistryHandle,
+    /// Set once the sink workers have started.
+    delivery: OnceLock<(Arc<DeliveryStats>, Option<Outbox>)>,
+    /// The outbox folder, probed for writability; `None` when no sink is configured.
+    outbox_dir: Option<PathBuf>,
+}
+
+/// One readiness check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Observed {
+    pub fn new(
+        stats: Arc<Stats>,
+        engine: Arc<EngineStats>,
+        source: Arc<SourceProgress>,
+        registry: RegistryHandle,
+        outbox_dir: Option<PathBuf>,
+    ) -> Self {
+        Observed {
+            stats,
+            engine,
+            source,
+            registry,
+            delivery: OnceLock::new(),
+            outbox_dir,
+        }
+    }
+
+    /// Called once the sink workers run.
+    pub fn set_delivery(&self, stats: Arc<DeliveryStats>, outbox: Option<Outbox>) {
+        let _ = self.delivery.set((stats, outbox));
+    }
+
+    pub fn delivery(&self) -> Option<&(Arc<DeliveryStats>, Option<Outbox>)> {
+        self.delivery.get()
+    }
+
+    /// What `/readyz` checks: partitions assigned, a broker connected, the
+    /// registry loaded, the outbox writable.
+    pub fn readiness(&self) -> Vec<Check> {
+        use std::sync::atomic::Ordering;
+        let mut checks = Vec::new();
+        let assigned = self.source.assigned_partitions.load(Ordering::Relaxed);
+        checks.push(Check {
+            name: "consumer",
+            ok: assigned > 0,
+            detail: if assigned > 0 {
+                format!("{assigned} partitions assigned")
+            } else {
+                "no partitions assigned (joining the group, or the broker is unreachable)".into()
+            },
+        });
+        let view = self.source.client_view();
+        let fresh = view
+            .updated
+            .is_some_and(|t| t.elapsed() <= CLIENT_VIEW_MAX_AGE);
+        checks.push(Check {
+            name: "broker",
+            ok: fresh && view.brokers_up > 0,
+            detail: match view.updated {
+                None => "no statistics from librdkafka yet".into(),
+                Some(_) if !fresh => "librdkafka statistics are stale".into(),
+                Some(_) => format!("{} of {} brokers up", view.brokers_up, view.brokers_known),
+            },
+        });
+        let apps = self.registry.snapshot().apps().len();
+        checks.push(Check {
+            name: "registry",
+            ok: true,
+            detail: format!("{apps} apps loaded"),
+        });
+        checks.push(match &self.outbox_dir {
+            None => Check {
+                name: "outbox",
+                ok: true,
+                detail: "no sinks configured".into(),
+            },
+            Some(dir) => match probe_writable(dir) {
+                Ok(()) => Check {
+                    name: "outbox",
+                    ok: true,
+                    detail: format!("{} writable", dir.display()),
+                },
+                Err(error) => Check {
+                    name: "outbox",
+                    ok: false,
+                    detail: format!("{}: {error}", dir.display()),
+                },
+            },
+        });
+        checks
+    }
+}
+
+/// Creates and removes a small file, as an append to the outbox would need.
+fn probe_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(".ready-probe");
+    std::fs::write(&probe, b"ok")?;
+    std::fs::remove_file(&probe)
+}
