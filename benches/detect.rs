@@ -1,9 +1,9 @@
 //! Detector throughput (events/s through the sharded engine with the default
 //! detectors) and memory per tracked identity, measured in one run.
 //!
-//! Run: `cargo bench --bench detect`. The memory figure is the growth of the
-//! process's resident set while 100 000 idle identities are added, divided by
-//! the number of identities tracked.
+//! Run: `cargo bench --bench detect`. The memory figures are the growth of the
+//! process's resident set while 100 000 and then 1 000 000 idle identities are
+//! added, divided by the number of identities.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -101,42 +101,47 @@ fn main() {
     group.finish();
     criterion.final_summary();
 
-    // Memory per idle identity: 100 000 distinct unregistered identities, one event each,
-    // seen by every default detector that keeps per-identity state.
-    let mut engine = Engine::start(&settings(2)).expect("engine");
+    // Memory per idle identity: 100 000, then 1 000 000 distinct unregistered
+    // identities, one event each, seen by every default detector that keeps
+    // per-identity state. Each count gets a fresh engine; the earlier ones stay
+    // alive, so that freed memory cannot hide the growth.
     let t0 = Utc
         .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
         .single()
         .expect("time");
-    let identities = 100_000;
-    let event = |i: usize| {
-        let mut e = NormalizedEvent::new(t0, Product::Kong, Category::EgressRequest, "POST");
-        e.dst_host = Some("api.openai.com".into());
-        e.identity = Some(ResolvedIdentity {
-            status: IdentityStatus::Unregistered,
-            app_id: None,
-            key: format!("gateway_consumer:bot-{i:06}"),
-            matched: None,
+    let mut engines = Vec::new();
+    for identities in [100_000usize, 1_000_000] {
+        let mut engine = Engine::start(&settings(2)).expect("engine");
+        let event = |i: usize| {
+            let mut e = NormalizedEvent::new(t0, Product::Kong, Category::EgressRequest, "POST");
+            e.dst_host = Some("api.openai.com".into());
+            e.identity = Some(ResolvedIdentity {
+                status: IdentityStatus::Unregistered,
+                app_id: None,
+                key: format!("gateway_consumer:bot-{identities}-{i:07}"),
+                matched: None,
+            });
+            Arc::new(e)
+        };
+        // Events are made and dropped chunk by chunk so that they barely count in the growth.
+        let before = resident_bytes();
+        runtime.block_on(async {
+            for start in (0..identities).step_by(5000) {
+                let chunk: Vec<Arc<NormalizedEvent>> = (start..start + 5000).map(event).collect();
+                engine.process(&chunk, &registry).await.expect("process");
+            }
         });
-        Arc::new(e)
-    };
-    // Events are made and dropped chunk by chunk so that they barely count in the growth.
-    let before = resident_bytes();
-    runtime.block_on(async {
-        for start in (0..identities).step_by(5000) {
-            let chunk: Vec<Arc<NormalizedEvent>> = (start..start + 5000).map(event).collect();
-            engine.process(&chunk, &registry).await.expect("process");
+        let after = resident_bytes();
+        let tracked = runtime.block_on(engine.tracked()).expect("tracked");
+        if let (Some(before), Some(after)) = (before, after) {
+            let growth = after.saturating_sub(before) as f64;
+            println!(
+                "memory, {identities} idle identities: {tracked} tracked over all detectors; resident growth {:.1} MiB = {:.0} bytes per tracked (detector, identity) pair, {:.0} bytes per identity (target < 2048)",
+                growth / (1 << 20) as f64,
+                growth / tracked.max(1) as f64,
+                growth / identities as f64,
+            );
         }
-    });
-    let after = resident_bytes();
-    let tracked = runtime.block_on(engine.tracked()).expect("tracked");
-    if let (Some(before), Some(after)) = (before, after) {
-        println!(
-            "memory: {} identities tracked over all detectors; resident growth {:.1} MiB = {:.0} bytes per tracked identity (detector, identity) pair, {:.0} bytes per identity",
-            tracked,
-            (after.saturating_sub(before)) as f64 / (1 << 20) as f64,
-            after.saturating_sub(before) as f64 / tracked.max(1) as f64,
-            after.saturating_sub(before) as f64 / identities as f64,
-        );
+        engines.push(engine);
     }
 }

@@ -6,7 +6,8 @@
 //! under `$CARGO_TARGET_DIR/bench-history` (reused by later runs when it holds
 //! the same count). Figures printed:
 //! - write: events/s through the history writer (Arrow batches, Parquet zstd,
-//!   atomic files) against serde_json NDJSON of the same events to a file;
+//!   atomic files) against serde_json NDJSON of the same events to a file, as
+//!   a criterion group (`history_write`) and as one timed pass with sizes;
 //! - size on disk per million events;
 //! - one-hour window aggregates, ours (DataFusion, `appwarden query` engine)
 //!   against DuckDB reading the same files, each the median of 5 runs after a warm-up.
@@ -145,6 +146,51 @@ fn bench_write(day: &[NormalizedEvent], scratch: &Path) {
     );
 }
 
+/// Criterion: writing a day of events to Parquet (the history writer: Arrow
+/// batches, zstd, atomic files) against serde_json NDJSON of the same events.
+fn criterion_write(day: &[NormalizedEvent], scratch: &Path) {
+    use criterion::{BatchSize, Criterion, Throughput};
+    let mut criterion = Criterion::default()
+        .output_directory(&scratch.join("criterion"))
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(10)
+        .configure_from_args();
+    let mut group = criterion.benchmark_group("history_write");
+    group.throughput(Throughput::Elements(day.len() as u64));
+    let root = scratch.join("criterion-write");
+    group.bench_function("parquet_zstd_day", |b| {
+        b.iter_batched(
+            || {
+                let _ = std::fs::remove_dir_all(&root);
+                (
+                    HistoryWriter::start(&settings(&root)).expect("writer"),
+                    shifted(day, 0),
+                )
+            },
+            |(mut writer, rows)| {
+                writer.events(rows).expect("buffer");
+                writer.flush_blocking().expect("flush");
+                writer
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let json_path = scratch.join("criterion-write.ndjson");
+    group.bench_function("ndjson_serde_json_day", |b| {
+        b.iter(|| {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&json_path).expect("file"));
+            for event in day {
+                serde_json::to_writer(&mut out, event).expect("json");
+                out.write_all(b"\n").expect("write");
+            }
+            out.into_inner().expect("flush").sync_all().expect("sync");
+        })
+    });
+    group.finish();
+}
+
 /// Stores `total` events (days of the generated day, shifted) unless already there.
 fn store(day: &[NormalizedEvent], root: &Path, total: usize) -> Duration {
     let marker = root.join(format!(".complete-{total}"));
@@ -226,6 +272,7 @@ fn main() {
     std::fs::create_dir_all(&scratch).expect("scratch");
     let day = day_of_events();
     println!("generated day: {} events", day.len());
+    criterion_write(&day, &scratch);
     bench_write(&day, &scratch);
 
     let root = scratch.join(format!("store-{total}"));

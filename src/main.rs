@@ -296,6 +296,17 @@ fn check_config(config: Option<&Path>) -> anyhow::Result<()> {
             Err(e) => bail!("kafka.secret_properties.\"{key}\": {e}"),
         }
     }
+    if let Some(token) = &settings.query.token {
+        match token.resolve() {
+            Ok(_) => println!("# query.token: resolves ({token:?})"),
+            Err(e) => bail!("query.token: {e}"),
+        }
+    }
+    match settings.http.address() {
+        Ok(Some(address)) => println!("# http.listen: {address}"),
+        Ok(None) => println!("# http.listen: off"),
+        Err(e) => bail!("http.listen: {e}"),
+    }
     let registry = appwarden::identity::Registry::load(&settings.registry.path)
         .with_context(|| "registry.path".to_string())?;
     let engine =

@@ -5,10 +5,11 @@ mod cli;
 mod delivery;
 mod detection;
 mod docs;
-
+mod e2e;
 mod email_sink;
 mod history;
 mod http_sinks;
 mod kafka_pipeline;
+mod logs;
 mod observe;
 mod support;

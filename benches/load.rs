@@ -1,0 +1,459 @@
+//! Load harness: the whole daemon against a bare librdkafka consumer on the
+//! same topics, in one run, on librdkafka's in-process mock cluster.
+//!
+//! Run: `cargo bench --bench load`. Environment: `LOAD_RECORDS` (default
+//! 300 000) generated vendor records, a realistic mix of all seven formats.
+//! Printed:
+//! - bare: a librdkafka consumer reading the three input topics to the end
+//!   (assign, poll, nothing else), records/s;
+//! - full: `Daemon` with the default detectors, the enriched topic, the Parquet
+//!   history and state snapshots over the same records, records/s; and the ratio;
+//! - latency at half of the full rate: event → alert emitted (the alert's
+//!   Kafka timestamp against the moment its newest evidence record was sent),
+//!   for the detectors that alert on an event (windowed ones wait for their
+//!   window by design), and record received → processed (the daemon's own summary).
+//!
+//! Rates count from the first record seen to the last, so that group joins and
+//! topic creation are left out of both.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use appwarden::daemon::Daemon;
+use appwarden::decode::Format;
+use appwarden::detect::Alert;
+use appwarden::event::Origin;
+use appwarden::generator::{Family, GeneratedRecord, World, WorldConfig};
+use appwarden::settings::{Settings, TopicSettings};
+use appwarden::telemetry::Stats;
+
+const PARTITIONS: i32 = 3;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A world big enough for `n` records, cut to `n`.
+fn generate(seed: u64, n: usize) -> (World, Vec<GeneratedRecord>) {
+    let mut scale = 1.0;
+    loop {
+        let world = World::new(WorldConfig {
+            seed,
+            apps: 120,
+            hours: 72,
+            rate_scale: scale,
+            malformed_ratio: 0.001,
+            incident_rounds: 8,
+            ..WorldConfig::default()
+        });
+        let mut records = world.records();
+        if records.len() >= n {
+            records.truncate(n);
+            return (world, records);
+        }
+        scale *= 1.2 * n as f64 / records.len().max(1) as f64;
+    }
+}
+
+struct Topics {
+    inputs: Vec<String>,
+    enriched: String,
+    alerts: String,
+}
+
+fn topics(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    run: &str,
+) -> Topics {
+    let inputs: Vec<String> = Family::ALL
+        .iter()
+        .map(|f| format!("{run}.{}", f.as_str()))
+        .collect();
+    let t = Topics {
+        inputs,
+        enriched: format!("{run}.enriched"),
+        alerts: format!("{run}.alerts"),
+    };
+    for name in t.inputs.iter().chain([&t.enriched, &t.alerts]) {
+        cluster
+            .create_topic(name, PARTITIONS, 1)
+            .expect("topic created");
+    }
+    t
+}
+
+fn topic_of<'a>(topics: &'a Topics, record: &GeneratedRecord) -> &'a str {
+    let i = Family::ALL
+        .iter()
+        .position(|f| *f == record.family)
+        .unwrap_or(0);
+    &topics.inputs[i]
+}
+
+fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer")
+}
+
+/// Sends `records` as fast as the producer takes them; returns when all are acknowledged.
+async fn produce_all(brokers: &str, topics: &Topics, records: &[GeneratedRecord]) {
+    let producer = producer(brokers);
+    for chunk in records.chunks(20_000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for record in chunk {
+            pending.push(
+                producer
+                    .send_result(
+                        FutureRecord::to(topic_of(topics, record))
+                            .key(&record.key)
+                            .payload(&record.payload),
+                    )
+                    .map_err(|(e, _)| e)
+                    .expect("enqueued"),
+            );
+        }
+        for delivery in pending {
+            delivery.await.expect("not cancelled").expect("produced");
+        }
+    }
+}
+
+/// A bare consumer reads every partition from the start until it has `n` records.
+fn bare_consumer(brokers: &str, topics: &Topics, n: usize) -> Duration {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "load-bare")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for topic in &topics.inputs {
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut seen = 0usize;
+    let mut bytes = 0usize;
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen < n && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            bytes += message.payload().map_or(0, <[u8]>::len);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, n, "the bare consumer read every record");
+    std::hint::black_box(bytes);
+    first.map_or(Duration::ZERO, |t| t.elapsed())
+}
+
+fn daemon_settings(
+    brokers: &str,
+    topics: &Topics,
+    scratch: &std::path::Path,
+    world: &World,
+    run: &str,
+) -> Settings {
+    let (mut settings, _) = Settings::load_with_env(None, Vec::new()).expect("defaults");
+    let registry = scratch.join(format!("{run}-registry.yaml"));
+    std::fs::write(&registry, world.registry_yaml()).expect("registry");
+    settings.kafka.brokers = brokers.to_string();
+    settings.kafka.group_id = format!("{run}-group");
+    settings.kafka.topics = topics
+        .inputs
+        .iter()
+        .map(|name| TopicSettings {
+            name: name.clone(),
+            format: Format::Auto,
+            mapping: None,
+        })
+        .collect();
+    settings.input.max_future_secs = 100 * 365 * 86_400;
+    settings.registry.path = registry;
+    settings.detect.detectors_dir = PathBuf::new();
+    settings.detect.allowed_lateness_secs = 600;
+    settings.detect.max_source_skew_secs = 6 * 3600;
+    settings.output.events_topic = topics.enriched.clone();
+    settings.output.events_file = String::new();
+    settings.alerts.topic = topics.alerts.clone();
+    settings.alerts.file = String::new();
+    settings.dead_letter.topic = String::new();
+    settings.dead_letter.file = scratch
+        .join(format!("{run}-dead.ndjson"))
+        .display()
+        .to_string();
+    settings.state.snapshot_path = scratch
+        .join(format!("{run}-state.json"))
+        .display()
+        .to_string();
+    settings.history.path = scratch.join(format!("{run}-history")).display().to_string();
+    settings.history.retention_days = 0;
+    settings.deliver.outbox_dir = scratch.join(format!("{run}-outbox")).display().to_string();
+    settings.http.listen = String::new();
+    settings.validate().expect("settings");
+    settings
+}
+
+/// The daemon over the topics until it has processed `n` records and the
+/// detectors have seen every event; returns the time from its first record.
+async fn full_pipeline(settings: &Settings, n: u64) -> (Duration, Arc<Stats>) {
+    let stats = Arc::new(Stats::default());
+    let daemon = Daemon::build(settings, stats.clone()).expect("daemon");
+    let engine = daemon.engine_stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(daemon.run(shutdown.clone()));
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let s = stats.snapshot();
+        if s.records > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        let detected = engine.events.load(std::sync::atomic::Ordering::Relaxed);
+        if s.records >= n && detected >= s.events {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon stalled at {} of {n}",
+            s.records
+        );
+        assert!(!task.is_finished(), "daemon stopped early");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = first.map_or(Duration::ZERO, |t| t.elapsed());
+    shutdown.cancel();
+    task.await.expect("daemon task").expect("daemon ran");
+    (elapsed, stats)
+}
+
+/// Sends `records` at `rate` per second; returns the send time (ms) of each (topic, partition, offset).
+async fn produce_paced(
+    brokers: &str,
+    topics: &Topics,
+    records: &[GeneratedRecord],
+    rate: f64,
+) -> HashMap<(String, i32, i64), i64> {
+    let producer = producer(brokers);
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate * tick.as_secs_f64()).max(1.0);
+    let mut sent = HashMap::with_capacity(records.len());
+    let mut pending = Vec::new();
+    let start = tokio::time::Instant::now();
+    let mut due = 0.0f64;
+    let mut next = 0usize;
+    let mut ticks = 0u32;
+    while next < records.len() {
+        ticks += 1;
+        tokio::time::sleep_until(start + tick * ticks).await;
+        due += per_tick;
+        while (next as f64) < due && next < records.len() {
+            let record = &records[next];
+            let topic = topic_of(topics, record);
+            let at = now_ms();
+            let delivery = producer
+                .send_result(
+                    FutureRecord::to(topic)
+                        .key(&record.key)
+                        .payload(&record.payload),
+                )
+                .map_err(|(e, _)| e)
+                .expect("enqueued");
+            pending.push((topic.to_string(), at, delivery));
+            next += 1;
+        }
+    }
+    for (topic, at, delivery) in pending {
+        let done = delivery.await.expect("not cancelled").expect("produced");
+        sent.insert((topic, done.partition, done.offset), at);
+    }
+    sent
+}
+
+/// Event → alert latency (ms) of alerts raised by an event (not by a closing window).
+fn alert_latencies(
+    brokers: &str,
+    topic: &str,
+    sent: &HashMap<(String, i32, i64), i64>,
+) -> Histogram<u64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "load-alerts")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("histogram");
+    let mut quiet = 0;
+    while quiet < 20 {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                quiet = 0;
+                let Some(emitted) = message.timestamp().to_millis() else {
+                    continue;
+                };
+                let Ok(alert) =
+                    serde_json::from_slice::<Alert>(message.payload().unwrap_or_default())
+                else {
+                    continue;
+                };
+                if !matches!(
+                    alert.kind.as_str(),
+                    "unregistered" | "new_domain" | "token_region"
+                ) {
+                    continue;
+                }
+                let trigger = alert
+                    .evidence
+                    .samples
+                    .iter()
+                    .filter_map(|s| match &s.origin {
+                        Some(Origin::Kafka {
+                            topic,
+                            partition,
+                            offset,
+                        }) => sent.get(&(topic.clone(), *partition, *offset)).copied(),
+                        _ => None,
+                    })
+                    .max();
+                if let Some(trigger) = trigger {
+                    histogram.saturating_record((emitted - trigger).max(1) as u64);
+                }
+            }
+            _ => quiet += 1,
+        }
+    }
+    histogram
+}
+
+fn main() {
+    let n: usize = std::env::var("LOAD_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let scratch = tempfile::tempdir().expect("scratch");
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+
+    let (world, records) = generate(7, n);
+    let formats: std::collections::BTreeSet<String> = world
+        .apps
+        .iter()
+        .flat_map(|a| {
+            [
+                format!("{:?}", a.sso),
+                format!("{:?}", a.secrets),
+                format!("{:?}", a.gateway),
+            ]
+        })
+        .map(|s| s.to_lowercase())
+        .collect();
+    let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+    println!(
+        "load: {} records ({:.0} bytes on average) from {} apps in {} formats ({})",
+        records.len(),
+        bytes as f64 / records.len() as f64,
+        world.apps.len(),
+        formats.len(),
+        formats.into_iter().collect::<Vec<_>>().join(", ")
+    );
+
+    let throughput = topics(&cluster, "load");
+    runtime.block_on(produce_all(&brokers, &throughput, &records));
+    let bare = bare_consumer(&brokers, &throughput, records.len());
+    let bare_rate = records.len() as f64 / bare.as_secs_f64();
+    let settings = daemon_settings(&brokers, &throughput, scratch.path(), &world, "load");
+    let (full, stats) = runtime.block_on(full_pipeline(&settings, records.len() as u64));
+    let full_rate = records.len() as f64 / full.as_secs_f64();
+    let s = stats.snapshot();
+    println!(
+        "throughput: bare librdkafka consumer {bare_rate:.0} records/s; full pipeline {full_rate:.0} records/s \
+         ({} events, {} alerts, {} dead letters); ratio {:.2} (target >= 0.80)",
+        s.events,
+        s.alerts,
+        s.dead_letters,
+        full_rate / bare_rate
+    );
+
+    // Latency at half of the measured maximum: fresh topics, a second world.
+    let (world, records) = generate(8, n.min(200_000));
+    let latency = topics(&cluster, "latency");
+    let settings = daemon_settings(&brokers, &latency, scratch.path(), &world, "latency");
+    let rate = full_rate / 2.0;
+    let (sent, stats) = runtime.block_on(async {
+        let stats = Arc::new(Stats::default());
+        let daemon = Daemon::build(&settings, stats.clone()).expect("daemon");
+        let progress = daemon.progress();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(daemon.run(shutdown.clone()));
+        // Start sending once the group has its partitions, so nothing queues up at the start.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while progress
+            .assigned_partitions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let sent = produce_paced(&brokers, &latency, &records, rate).await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while stats.snapshot().records < records.len() as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        task.await.expect("daemon task").expect("daemon ran");
+        (sent, stats)
+    });
+    let histogram = alert_latencies(&brokers, &latency.alerts, &sent);
+    let processing = stats.processing_latency.snapshot();
+    let q = |p: f64| {
+        processing
+            .quantiles
+            .iter()
+            .find(|(x, _)| *x == p)
+            .map_or(0.0, |(_, s)| s * 1000.0)
+    };
+    println!(
+        "latency at {rate:.0} records/s (half the full rate), {} records: event -> alert emitted over {} alerts: \
+         p50 {} ms, p90 {} ms, p99 {} ms, max {} ms (target p99 < 50 ms); record received -> processed: \
+         p50 {:.1} ms, p99 {:.1} ms",
+        records.len(),
+        histogram.len(),
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.9),
+        histogram.value_at_quantile(0.99),
+        histogram.max(),
+        q(0.5),
+        q(0.99),
+    );
+}
