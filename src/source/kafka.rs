@@ -630,10 +630,6 @@ impl KafkaSource {
                 .history_deadline()
                 .filter(|_| run.batch.records == 0)
                 .map(tokio::time::Instant::from_std);
-            let revoked = self.consumer.context().take_revoked();
-            if !revoked.is_empty() {
-                run.drop_partitions(&revoked, engine);
-            }
             // While idle with unsaved state, a snapshot is taken when one falls due.
             let idle_snapshot = run
                 .snapshots
@@ -669,6 +665,15 @@ impl KafkaSource {
                     }
                 },
             };
+            // Rebalance callbacks run inside `recv`. A revocation seen now forgets the
+            // open batch's records of the revoked partitions before the message just
+            // received is noted: that message may already come from the new assignment
+            // (the same partitions handed back), and dropping it would lose it, since the
+            // consumer's position is past it.
+            let revoked = self.consumer.context().take_revoked();
+            if !revoked.is_empty() {
+                run.drop_partitions(&revoked, engine);
+            }
             let message = match next {
                 None => break,
                 Some(Ok(message)) => message,

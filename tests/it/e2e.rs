@@ -95,8 +95,9 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .arg("--storage-engine")
-            .arg(format!("sqlite://{}/tansu.db", self.dir.display()))
+            // tansu reads the path after sqlite:// as relative to its working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(
                 log.try_clone()
@@ -191,7 +192,8 @@ fn terminate(child: &mut Child, grace: Duration) -> Option<std::process::ExitSta
 fn world() -> World {
     World::new(WorldConfig {
         seed: 11,
-        apps: 10,
+        // Incidents are injected from 12 apps on.
+        apps: 12,
         hours: 48,
         rate_scale: 0.25,
         malformed_ratio: 0.002,
@@ -410,6 +412,64 @@ level = "info"
             .unwrap_or(0)
     }
 
+    /// Records the broker holds in the input topics, per partition (low and high watermarks).
+    fn stored(&self, broker: &Broker) -> Vec<(String, i32, i64, i64)> {
+        let Ok(consumer) = ClientConfig::new()
+            .set("bootstrap.servers", broker.address())
+            .create::<BaseConsumer>()
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for topic in &self.topics {
+            for p in 0..PARTITIONS {
+                if let Ok((low, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5))
+                {
+                    out.push((topic.clone(), p, low, high));
+                }
+            }
+        }
+        out
+    }
+
+    /// Where the broker holds a record with this payload, read with a fresh consumer.
+    fn locate(&self, broker: &Broker, payload: &str) -> Option<(String, i32, i64)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.address())
+            .set("group.id", "e2e-locate")
+            .create()
+            .ok()?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in &self.topics {
+            for p in 0..PARTITIONS {
+                tpl.add_partition_offset(topic, p, Offset::Beginning).ok()?;
+            }
+        }
+        consumer.assign(&tpl).ok()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200))
+                && m.payload()
+                    .is_some_and(|p| String::from_utf8_lossy(p).trim() == payload)
+            {
+                return Some((m.topic().to_string(), m.partition(), m.offset()));
+            }
+        }
+        None
+    }
+
+    /// The sum of a metric's samples in the daemon's `/metrics` (0 when unreachable).
+    async fn metric(&self, client: &reqwest::Client, name: &str) -> f64 {
+        let text = match client.get(self.url("/metrics")).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
@@ -499,10 +559,18 @@ fn mailed_ids(smtp: &SmtpServer) -> HashMap<String, u32> {
     ids
 }
 
-/// Distinct (topic, partition, offset) behind the events written, and how many lines.
-fn event_origins(setup: &Setup) -> (usize, BTreeSet<(String, i64, i64)>) {
+/// What became of the good records: event lines written, distinct (topic,
+/// partition, offset) behind them, and the good records that no event carries
+/// (compared by the vendor record itself, kept in each event's `raw_data`).
+struct Outcome {
+    lines: usize,
+    distinct_origins: usize,
+    missing: Vec<String>,
+}
+
+fn outcome(setup: &Setup, records: &[GeneratedRecord]) -> Outcome {
     let events = setup.lines("events.ndjson");
-    let origins = events
+    let origins: BTreeSet<(String, i64, i64)> = events
         .iter()
         .filter_map(|e| {
             let o = &e["unmapped"]["appwarden"]["origin"];
@@ -513,7 +581,21 @@ fn event_origins(setup: &Setup) -> (usize, BTreeSet<(String, i64, i64)>) {
             ))
         })
         .collect();
-    (events.len(), origins)
+    let carried: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e["raw_data"].as_str().map(str::trim))
+        .collect();
+    let missing = records
+        .iter()
+        .filter(|r| !r.malformed)
+        .map(|r| String::from_utf8_lossy(&r.payload).trim().to_string())
+        .filter(|p| !carried.contains(p.as_str()))
+        .collect();
+    Outcome {
+        lines: events.len(),
+        distinct_origins: origins.len(),
+        missing,
+    }
 }
 
 fn summary(name: &str, fields: &[(&str, String)]) {
@@ -534,7 +616,7 @@ async fn every_format_through_a_real_broker_to_webhook_email_and_enriched_topic(
     let malformed = records.iter().filter(|r| r.malformed).count();
 
     let client = reqwest::Client::new();
-    let done = within(Duration::from_secs(300), async || {
+    let done = within(Duration::from_secs(120), async || {
         let paging = setup.paging_alerts();
         let hooks = receiver.counts();
         let mails = mailed_ids(&smtp);
@@ -558,8 +640,12 @@ async fn every_format_through_a_real_broker_to_webhook_email_and_enriched_topic(
     let status = terminate(&mut daemon, Duration::from_secs(30));
     assert!(
         done.is_some(),
-        "not everything arrived: committed {} of {total}; daemon log:\n{}",
+        "not everything arrived: committed {} of {total}, {} alerts ({} paging), webhook got {}, email got {}; daemon log:\n{}",
         setup.committed(&broker),
+        setup.lines("alerts.ndjson").len(),
+        setup.paging_alerts().len(),
+        receiver.counts().len(),
+        mailed_ids(&smtp).len(),
         setup.daemon_log(1)
     );
     assert_eq!(ready, Some(200), "ready while running");
@@ -695,21 +781,30 @@ async fn daemon_killed_mid_stream_restarts_without_loss_or_duplicate_flood() {
     let smtp = SmtpServer::mailbox_at(setup.smtp_port).await;
     let client = reqwest::Client::new();
 
-    // The first half is waiting; the daemon is killed while it works through the second.
-    let half = records.len() / 2;
-    produce(&broker, &setup, &records[..half]).await;
+    // Everything is waiting; the daemon is killed with -9 once it has processed 40 %.
+    produce(&broker, &setup, &records).await;
     let mut first = setup.spawn_daemon(1);
     let read_some = within(Duration::from_secs(180), async || {
-        setup.committed(&broker) >= half as i64 / 2
+        setup
+            .metric(&client, "appwarden_records_processed_total")
+            .await
+            >= 0.4 * total as f64
     })
     .await;
-    produce(&broker, &setup, &records[half..]).await;
     first.kill().expect("kill -9");
     let _ = first.wait();
     assert!(
         read_some.is_some(),
-        "the first life read something; log:\n{}",
+        "the first life read 40 %; log:\n{}",
         setup.daemon_log(1)
+    );
+    let processed_at_kill = std::fs::read_to_string(setup.path("events.ndjson"))
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(
+        (processed_at_kill as i64) < total,
+        "killed mid-stream, not after the end"
     );
     let committed_at_kill = setup.committed(&broker);
     let alerts_at_kill: BTreeSet<String> = setup
@@ -751,11 +846,12 @@ async fn daemon_killed_mid_stream_restarts_without_loss_or_duplicate_flood() {
 
     // Nothing lost: every good record became an event (re-reads after the kill may repeat some).
     let good = records.iter().filter(|r| !r.malformed).count();
-    let (lines, origins) = event_origins(&setup);
-    let produced_events = origins.len();
+    let got = outcome(&setup, &records);
     assert!(
-        produced_events >= good,
-        "{produced_events} distinct records became events, {good} good records sent"
+        got.missing.is_empty(),
+        "{} of {good} good records became no event, e.g. {:?}",
+        got.missing.len(),
+        got.missing.first()
     );
 
     // Every paging alert delivered; at most one duplicate per alert, and only for
@@ -802,11 +898,25 @@ async fn daemon_killed_mid_stream_restarts_without_loss_or_duplicate_flood() {
         "kill-9",
         &[
             ("records_sent", total.to_string()),
+            ("events_written_at_kill", processed_at_kill.to_string()),
             ("committed_at_kill", committed_at_kill.to_string()),
-            ("event_lines", lines.to_string()),
-            ("distinct_records_as_events", produced_events.to_string()),
             ("good_records", good.to_string()),
-            ("paging_alerts", paging.len().to_string()),
+            ("event_lines", got.lines.to_string()),
+            (
+                "distinct_offsets_as_events",
+                got.distinct_origins.to_string(),
+            ),
+            ("lost", got.missing.len().to_string()),
+            ("paging_alert_lines", paging.len().to_string()),
+            (
+                "distinct_paging_alerts",
+                paging
+                    .iter()
+                    .filter_map(|a| a["id"].as_str())
+                    .collect::<BTreeSet<_>>()
+                    .len()
+                    .to_string(),
+            ),
             ("webhook_received", hooks.values().sum::<u32>().to_string()),
             ("webhook_duplicates", duplicates(&hooks).to_string()),
             ("email_received", mails.values().sum::<u32>().to_string()),
@@ -847,6 +957,7 @@ async fn broker_restart_mid_stream_turns_not_ready_then_recovers_without_loss() 
         setup.daemon_log(1)
     );
 
+    let before_stop = setup.stored(&broker);
     broker.stop();
     let stopped = Instant::now();
     let not_ready = within(Duration::from_secs(60), async || {
@@ -892,11 +1003,18 @@ async fn broker_restart_mid_stream_turns_not_ready_then_recovers_without_loss() 
         setup.daemon_log(1)
     );
     let good = records.iter().filter(|r| !r.malformed).count();
-    let (lines, origins) = event_origins(&setup);
+    let got = outcome(&setup, &records);
     assert!(
-        origins.len() >= good,
-        "{} distinct records became events, {good} good records sent",
-        origins.len()
+        got.missing.is_empty(),
+        "{} of {good} good records became no event (distinct offsets {}; the broker held {:?} before its stop and holds {:?}); missing at {:?}",
+        got.missing.len(),
+        got.distinct_origins,
+        before_stop,
+        setup.stored(&broker),
+        got.missing
+            .iter()
+            .map(|m| setup.locate(&broker, m))
+            .collect::<Vec<_>>()
     );
     let hooks = receiver.counts();
     summary(
@@ -904,8 +1022,12 @@ async fn broker_restart_mid_stream_turns_not_ready_then_recovers_without_loss() 
         &[
             ("records_sent", total.to_string()),
             ("good_records", good.to_string()),
-            ("event_lines", lines.to_string()),
-            ("distinct_records_as_events", origins.len().to_string()),
+            ("event_lines", got.lines.to_string()),
+            (
+                "distinct_offsets_as_events",
+                got.distinct_origins.to_string(),
+            ),
+            ("lost", got.missing.len().to_string()),
             ("paging_alerts", setup.paging_alerts().len().to_string()),
             ("webhook_received", hooks.values().sum::<u32>().to_string()),
             ("webhook_duplicates", duplicates(&hooks).to_string()),
@@ -933,16 +1055,7 @@ async fn webhook_and_smtp_outage_delays_but_loses_nothing() {
     let (_data, broker, _world, records, setup) = scenario("e2e-sinks").await;
     let total = records.len() as i64;
     let client = reqwest::Client::new();
-    let metric = async |name: &str| -> f64 {
-        let text = match client.get(setup.url("/metrics")).send().await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    };
+    let metric = async |name: &str| setup.metric(&client, name).await;
 
     // Both sinks are down: nothing listens on their ports yet.
     let mut daemon = setup.spawn_daemon(1);
