@@ -227,6 +227,7 @@ import json, sys, time, duckdb
 root, sqls = sys.argv[1], json.loads(sys.argv[2])
 con = duckdb.connect()
 con.execute("SET threads TO 2")
+con.execute("SET enable_progress_bar = false")
 con.execute("CREATE VIEW events AS SELECT * FROM read_parquet('" + root + "/events/*/*/*/*.parquet', hive_partitioning = true)")
 out = []
 for sql in sqls:
@@ -251,7 +252,16 @@ print(json.dumps(out))
         eprintln!("DuckDB: {}", String::from_utf8_lossy(&output.stderr));
         return None;
     }
-    let runs: Vec<(f64, String)> = serde_json::from_slice(&output.stdout).ok()?;
+    let runs: Vec<(f64, String)> = match serde_json::from_slice(&output.stdout) {
+        Ok(runs) => runs,
+        Err(error) => {
+            eprintln!(
+                "DuckDB output unreadable ({error}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+            return None;
+        }
+    };
     Some(
         runs.into_iter()
             .map(|(s, r)| (Duration::from_secs_f64(s), r))

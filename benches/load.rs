@@ -2,7 +2,8 @@
 //! same topics, in one run, on librdkafka's in-process mock cluster.
 //!
 //! Run: `cargo bench --bench load`. Environment: `LOAD_RECORDS` (default
-//! 300 000) generated vendor records, a realistic mix of all seven formats.
+//! 200 000) generated vendor records, a realistic mix of all seven formats;
+//! `LOAD_BATCH_MAX_RECORDS` overrides `kafka.batch_max_records` (to compare).
 //! Printed:
 //! - bare: a librdkafka consumer reading the three input topics to the end
 //!   (assign, poll, nothing else), records/s;
@@ -37,7 +38,9 @@ use appwarden::generator::{Family, GeneratedRecord, World, WorldConfig};
 use appwarden::settings::{Settings, TopicSettings};
 use appwarden::telemetry::Stats;
 
-const PARTITIONS: i32 = 3;
+/// Partitions per topic. librdkafka's mock cluster keeps at most about 5 MB per
+/// partition and drops older records beyond that, so the records are spread thin.
+const PARTITIONS: i32 = 32;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -103,6 +106,17 @@ fn topic_of<'a>(topics: &'a Topics, record: &GeneratedRecord) -> &'a str {
     &topics.inputs[i]
 }
 
+/// A partition for a record, spreading records evenly (by a hash of the payload).
+fn spread(record: &GeneratedRecord) -> i32 {
+    let hash = record
+        .payload
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+    (hash % PARTITIONS as u64) as i32
+}
+
 fn producer(brokers: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -120,9 +134,12 @@ async fn produce_all(brokers: &str, topics: &Topics, records: &[GeneratedRecord]
         for record in chunk {
             pending.push(
                 producer
+                    // Spread evenly, not by key: the mock cluster keeps at most 5 MB per
+                    // partition. The daemon does not use the key (it resolves identities
+                    // from the records and shards its state by identity).
                     .send_result(
-                        FutureRecord::to(topic_of(topics, record))
-                            .key(&record.key)
+                        FutureRecord::<(), _>::to(topic_of(topics, record))
+                            .partition(spread(record))
                             .payload(&record.payload),
                     )
                     .map_err(|(e, _)| e)
@@ -133,6 +150,28 @@ async fn produce_all(brokers: &str, topics: &Topics, records: &[GeneratedRecord]
             delivery.await.expect("not cancelled").expect("produced");
         }
     }
+}
+
+/// Fails when the mock cluster dropped records (its per-partition size cap).
+fn assert_retained(brokers: &str, topics: &Topics, n: usize) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    let mut held = 0;
+    for topic in &topics.inputs {
+        for p in 0..PARTITIONS {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            assert_eq!(
+                low, 0,
+                "the mock cluster dropped the start of {topic}/{p}: lower LOAD_RECORDS"
+            );
+            held += high;
+        }
+    }
+    assert_eq!(held as usize, n, "every record is in the topics");
 }
 
 /// A bare consumer reads every partition from the start until it has `n` records.
@@ -154,10 +193,11 @@ fn bare_consumer(brokers: &str, topics: &Topics, n: usize) -> Duration {
     let mut seen = 0usize;
     let mut bytes = 0usize;
     let mut first = None;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while seen < n && Instant::now() < deadline {
+    let mut last_message = Instant::now();
+    while seen < n && last_message.elapsed() < Duration::from_secs(10) {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
             first.get_or_insert_with(Instant::now);
+            last_message = Instant::now();
             bytes += message.payload().map_or(0, <[u8]>::len);
             seen += 1;
         }
@@ -188,6 +228,12 @@ fn daemon_settings(
             mapping: None,
         })
         .collect();
+    if let Some(batch) = std::env::var("LOAD_BATCH_MAX_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.kafka.batch_max_records = batch;
+    }
     settings.input.max_future_secs = 100 * 365 * 86_400;
     settings.registry.path = registry;
     settings.detect.detectors_dir = PathBuf::new();
@@ -273,8 +319,8 @@ async fn produce_paced(
             let at = now_ms();
             let delivery = producer
                 .send_result(
-                    FutureRecord::to(topic)
-                        .key(&record.key)
+                    FutureRecord::<(), _>::to(topic)
+                        .partition(spread(record))
                         .payload(&record.payload),
                 )
                 .map_err(|(e, _)| e)
@@ -355,7 +401,7 @@ fn main() {
     let n: usize = std::env::var("LOAD_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300_000);
+        .unwrap_or(200_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -389,6 +435,7 @@ fn main() {
 
     let throughput = topics(&cluster, "load");
     runtime.block_on(produce_all(&brokers, &throughput, &records));
+    assert_retained(&brokers, &throughput, records.len());
     let bare = bare_consumer(&brokers, &throughput, records.len());
     let bare_rate = records.len() as f64 / bare.as_secs_f64();
     let settings = daemon_settings(&brokers, &throughput, scratch.path(), &world, "load");
@@ -407,7 +454,14 @@ fn main() {
     // Latency at half of the measured maximum: fresh topics, a second world.
     let (world, records) = generate(8, n.min(200_000));
     let latency = topics(&cluster, "latency");
-    let settings = daemon_settings(&brokers, &latency, scratch.path(), &world, "latency");
+    let mut settings = daemon_settings(&brokers, &latency, scratch.path(), &world, "latency");
+    // librdkafka's mock broker answers an empty fetch only when its MaxWait
+    // (fetch.wait.max.ms, 500 ms by default) runs out, not when new records arrive as
+    // a real broker does (rdkafka_mock_handlers.c says so); a short wait stands in.
+    settings
+        .kafka
+        .consumer_properties
+        .insert("fetch.wait.max.ms".into(), "10".into());
     let rate = full_rate / 2.0;
     let (sent, stats) = runtime.block_on(async {
         let stats = Arc::new(Stats::default());
