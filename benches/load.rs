@@ -99,11 +99,7 @@ fn topics(
 }
 
 fn topic_of<'a>(topics: &'a Topics, record: &GeneratedRecord) -> &'a str {
-    let i = Family::ALL
-        .iter()
-        .position(|f| *f == record.family)
-        .unwrap_or(0);
-    &topics.inputs[i]
+    &topics.inputs[record.family.index()]
 }
 
 /// A partition for a record, spreading records evenly (by a hash of the payload).

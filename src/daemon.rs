@@ -183,11 +183,6 @@ impl Daemon {
             .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
-    /// Counters of every stage, as `/metrics` shows them.
-    pub fn observed(&self) -> Arc<Observed> {
-        self.observed.clone()
-    }
-
     pub fn progress(&self) -> Arc<SourceProgress> {
         self.source.progress()
     }

@@ -104,13 +104,10 @@ impl Sink {
     }
 }
 
-/// Delivery counters: totals, and per configured sink (sinks are few, so a fine label).
+/// Delivery counters, per configured sink (sinks are few, so a fine label).
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
-    pub delivered: AtomicU64,
-    pub retries: AtomicU64,
-    pub given_up: AtomicU64,
-    pub sinks: Vec<SinkCounters>,
+    pub sinks: Vec<Arc<SinkCounters>>,
 }
 
 /// What one sink did.
@@ -131,22 +128,25 @@ impl DeliveryStats {
         DeliveryStats {
             sinks: sinks
                 .iter()
-                .map(|s| SinkCounters {
-                    name: s.name.clone(),
-                    kind: s.kind.as_str(),
-                    delivered: AtomicU64::new(0),
-                    retries: AtomicU64::new(0),
-                    given_up: AtomicU64::new(0),
+                .map(|s| {
+                    Arc::new(SinkCounters {
+                        name: s.name.clone(),
+                        kind: s.kind.as_str(),
+                        delivered: AtomicU64::new(0),
+                        retries: AtomicU64::new(0),
+                        given_up: AtomicU64::new(0),
+                    })
                 })
                 .collect(),
-            ..DeliveryStats::default()
         }
     }
 
-    fn sink(&self, index: usize, pick: impl Fn(&SinkCounters) -> &AtomicU64) {
-        if let Some(counters) = self.sinks.get(index) {
-            pick(counters).fetch_add(1, Ordering::Relaxed);
-        }
+    /// Failed attempts to be retried, over all sinks.
+    pub fn retries(&self) -> u64 {
+        self.sinks
+            .iter()
+            .map(|c| c.retries.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -193,7 +193,7 @@ impl Delivery {
             Duration::from_millis(settings.retry_max_ms),
         );
         let mut workers = Vec::new();
-        for (index, sink_settings) in settings.sinks.iter().enumerate() {
+        for (sink_settings, counters) in settings.sinks.iter().zip(&stats.sinks) {
             let sink = Sink::new(sink_settings).map_err(|message| DeliverError::Sink {
                 sink: sink_settings.name.clone(),
                 message,
@@ -204,7 +204,7 @@ impl Delivery {
                 outbox.clone(),
                 backoff,
                 wake.clone(),
-                (stats.clone(), index),
+                counters.clone(),
                 shutdown.clone(),
             )));
         }
@@ -274,7 +274,7 @@ async fn run_sink(
     outbox: Outbox,
     (initial, max): (Duration, Duration),
     wake: Arc<Notify>,
-    (stats, index): (Arc<DeliveryStats>, usize),
+    stats: Arc<SinkCounters>,
     shutdown: CancellationToken,
 ) {
     let name = settings.name.clone();
@@ -322,14 +322,12 @@ async fn run_sink(
             match result {
                 Ok(()) => {
                     stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    stats.sink(index, |c| &c.delivered);
                     if let Err(error) = outbox.finish(&name, seq) {
                         tracing::error!(sink = %name, %error, "cannot record a delivery");
                     }
                 }
                 Err(DeliveryError::Fatal(message)) => {
                     stats.given_up.fetch_add(1, Ordering::Relaxed);
-                    stats.sink(index, |c| &c.given_up);
                     tracing::error!(sink = %name, alert = %alert.id, %message, "sink refused the alert; not retried");
                     if let Err(error) = outbox.finish(&name, seq) {
                         tracing::error!(sink = %name, %error, "cannot record a refused alert");
@@ -337,7 +335,6 @@ async fn run_sink(
                 }
                 Err(DeliveryError::Retry(message)) => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
-                    stats.sink(index, |c| &c.retries);
                     tracing::warn!(sink = %name, alert = %alert.id, %message, "delivery failed; will retry");
                     outbox.release(&name, seq);
                     retry = true;

@@ -27,6 +27,11 @@ pub enum Family {
 impl Family {
     pub const ALL: [Family; 3] = [Family::Sso, Family::Gateway, Family::Secrets];
 
+    /// The family's position in [`Family::ALL`] (one topic per family, in that order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Family::Sso => "sso",

@@ -122,11 +122,7 @@ async fn webhook_outage_delays_but_loses_and_doubles_nothing() {
     let stats = delivery.stats();
     // The receiver is down: deliveries fail and are retried with backoff.
     assert!(
-        wait_until(Duration::from_secs(10), || stats
-            .retries
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 5)
-        .await,
+        wait_until(Duration::from_secs(10), || stats.retries() >= 5).await,
         "deliveries were retried while the receiver was down"
     );
     let receiver = Receiver::start(port);
@@ -151,7 +147,7 @@ async fn webhook_outage_delays_but_loses_and_doubles_nothing() {
         ids.len(),
         counts.len(),
         counts.values().filter(|n| **n > 1).count(),
-        stats.retries.load(std::sync::atomic::Ordering::Relaxed)
+        stats.retries()
     );
 }
 
@@ -193,10 +189,7 @@ async fn killed_daemon_delivers_its_outbox_after_restart() {
     let records = world.records();
     let total = records.len() as i64;
     for (i, record) in records.iter().enumerate() {
-        let topic = &topics[appwarden::generator::Family::ALL
-            .iter()
-            .position(|f| *f == record.family)
-            .expect("family")];
+        let topic = &topics[record.family.index()];
         let key = format!("k{}", i % 16);
         pending.push(
             producer

@@ -376,11 +376,7 @@ level = "info"
     }
 
     fn topic_of(&self, record: &GeneratedRecord) -> &str {
-        let i = Family::ALL
-            .iter()
-            .position(|f| *f == record.family)
-            .unwrap_or(0);
-        &self.topics[i]
+        &self.topics[record.family.index()]
     }
 
     /// The consumer group's committed offsets summed over the input topics.

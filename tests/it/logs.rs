@@ -48,14 +48,10 @@ async fn secrets_stay_out_of_logs_metrics_and_check_config() {
     let records = world.records();
     let mut pending = Vec::new();
     for record in &records {
-        let i = Family::ALL
-            .iter()
-            .position(|f| *f == record.family)
-            .unwrap_or(0);
         pending.push(
             producer
                 .send_result(
-                    FutureRecord::to(&topics[i])
+                    FutureRecord::to(&topics[record.family.index()])
                         .key(&record.key)
                         .payload(&record.payload),
                 )
