@@ -3,7 +3,9 @@
 //!
 //! Run: `cargo bench --bench load`. Environment: `LOAD_RECORDS` (default
 //! 200 000) generated vendor records, a realistic mix of all seven formats;
-//! `LOAD_BATCH_MAX_RECORDS` overrides `kafka.batch_max_records` (to compare).
+//! `LOAD_BATCH_MAX_RECORDS` overrides `kafka.batch_max_records` and
+//! `LOAD_PRODUCER_COMPRESSION` the producers' `compression.type`, and
+//! `LOAD_HISTORY_FLUSH_EVENTS` `history.flush_max_events` (to compare).
 //! Printed:
 //! - bare: a librdkafka consumer reading the three input topics to the end
 //!   (assign, poll, nothing else), records/s;
@@ -14,8 +16,10 @@
 //!   for the detectors that alert on an event (windowed ones wait for their
 //!   window by design), and record received → processed (the daemon's own summary).
 //!
-//! Rates count from the first record seen to the last, so that group joins and
-//! topic creation are left out of both.
+//! Rates count from the first record seen, so that group joins and topic
+//! creation are left out of both; the bare consumer's end at its last record, the
+//! daemon's once it has stopped with every output durable (the history's last
+//! Parquet files included).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -49,8 +53,9 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A world big enough for `n` records, cut to `n`.
-fn generate(seed: u64, n: usize) -> (World, Vec<GeneratedRecord>) {
+/// A world big enough for `n` records, cut to `n`, with the five incidents
+/// injected `incident_rounds` times.
+fn generate(seed: u64, n: usize, incident_rounds: u32) -> (World, Vec<GeneratedRecord>) {
     let mut scale = 1.0;
     loop {
         let world = World::new(WorldConfig {
@@ -59,7 +64,7 @@ fn generate(seed: u64, n: usize) -> (World, Vec<GeneratedRecord>) {
             hours: 72,
             rate_scale: scale,
             malformed_ratio: 0.001,
-            incident_rounds: 8,
+            incident_rounds,
             ..WorldConfig::default()
         });
         let mut records = world.records();
@@ -230,6 +235,18 @@ fn daemon_settings(
     {
         settings.kafka.batch_max_records = batch;
     }
+    if let Some(events) = std::env::var("LOAD_HISTORY_FLUSH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.history.flush_max_events = events;
+    }
+    if let Ok(codec) = std::env::var("LOAD_PRODUCER_COMPRESSION") {
+        settings
+            .kafka
+            .producer_properties
+            .insert("compression.type".into(), codec);
+    }
     settings.input.max_future_secs = 100 * 365 * 86_400;
     settings.registry.path = registry;
     settings.detect.detectors_dir = PathBuf::new();
@@ -256,9 +273,11 @@ fn daemon_settings(
     settings
 }
 
-/// The daemon over the topics until it has processed `n` records and the
-/// detectors have seen every event; returns the time from its first record.
-async fn full_pipeline(settings: &Settings, n: u64) -> (Duration, Arc<Stats>) {
+/// The daemon over the topics until it has processed `n` records, the detectors
+/// have seen every event and it has stopped with every output durable (history
+/// files included); returns the time from its first record to the last one
+/// processed, and to the end of that shutdown.
+async fn full_pipeline(settings: &Settings, n: u64) -> (Duration, Duration, Arc<Stats>) {
     let stats = Arc::new(Stats::default());
     let daemon = Daemon::build(settings, stats.clone()).expect("daemon");
     let engine = daemon.engine_stats();
@@ -283,10 +302,13 @@ async fn full_pipeline(settings: &Settings, n: u64) -> (Duration, Arc<Stats>) {
         assert!(!task.is_finished(), "daemon stopped early");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let elapsed = first.map_or(Duration::ZERO, |t| t.elapsed());
+    let processed = first.map_or(Duration::ZERO, |t| t.elapsed());
+    // Done means durable: the shutdown writes the history rows still buffered,
+    // waits for the last acknowledgements and stores the final offsets.
     shutdown.cancel();
     task.await.expect("daemon task").expect("daemon ran");
-    (elapsed, stats)
+    let durable = first.map_or(Duration::ZERO, |t| t.elapsed());
+    (processed, durable, stats)
 }
 
 /// Sends `records` at `rate` per second; returns the send time (ms) of each (topic, partition, offset).
@@ -406,7 +428,7 @@ fn main() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
 
-    let (world, records) = generate(7, n);
+    let (world, records) = generate(7, n, 8);
     let formats: std::collections::BTreeSet<String> = world
         .apps
         .iter()
@@ -435,12 +457,15 @@ fn main() {
     let bare = bare_consumer(&brokers, &throughput, records.len());
     let bare_rate = records.len() as f64 / bare.as_secs_f64();
     let settings = daemon_settings(&brokers, &throughput, scratch.path(), &world, "load");
-    let (full, stats) = runtime.block_on(full_pipeline(&settings, records.len() as u64));
+    let (processed, full, stats) = runtime.block_on(full_pipeline(&settings, records.len() as u64));
     let full_rate = records.len() as f64 / full.as_secs_f64();
     let s = stats.snapshot();
     println!(
         "throughput: bare librdkafka consumer {bare_rate:.0} records/s; full pipeline {full_rate:.0} records/s \
-         ({} events, {} alerts, {} dead letters); ratio {:.2} (target >= 0.80)",
+         to durable ({:.0} records/s to processed, shutdown {:.2} s) ({} events, {} alerts, {} dead letters); \
+         ratio {:.2} (target >= 0.80)",
+        records.len() as f64 / processed.as_secs_f64(),
+        (full - processed).as_secs_f64(),
         s.events,
         s.alerts,
         s.dead_letters,
@@ -448,7 +473,8 @@ fn main() {
     );
 
     // Latency at half of the measured maximum: fresh topics, a second world.
-    let (world, records) = generate(8, n.min(200_000));
+    // More incident rounds than the throughput world: each alert is one latency sample.
+    let (world, records) = generate(8, n.min(200_000), 60);
     let latency = topics(&cluster, "latency");
     let mut settings = daemon_settings(&brokers, &latency, scratch.path(), &world, "latency");
     // librdkafka's mock broker answers an empty fetch only when its MaxWait

@@ -64,15 +64,17 @@ pub fn build_outputs(settings: &Settings, kafka: bool) -> Result<Outputs, Daemon
     if kafka {
         let config = client_config(&settings.kafka)?;
         let max = settings.input.max_record_bytes;
+        let producer = &settings.kafka.producer_properties;
         if let Some(topic) = non_empty(&settings.output.events_topic) {
-            outputs.events_topic = Some(KafkaTopicWriter::new(&config, &topic, max)?);
+            outputs.events_topic = Some(KafkaTopicWriter::new(&config, producer, &topic, max)?);
         }
         if let Some(topic) = non_empty(&settings.alerts.topic) {
-            outputs.alerts_topic = Some(KafkaTopicWriter::new(&config, &topic, max)?);
+            outputs.alerts_topic = Some(KafkaTopicWriter::new(&config, producer, &topic, max)?);
         }
         if let Some(topic) = non_empty(&settings.dead_letter.topic) {
             // A dead letter carries the whole bad record plus its metadata.
-            outputs.dead_letter_topic = Some(KafkaTopicWriter::new(&config, &topic, max * 2)?);
+            outputs.dead_letter_topic =
+                Some(KafkaTopicWriter::new(&config, producer, &topic, max * 2)?);
         }
     }
     Ok(outputs)

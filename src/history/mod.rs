@@ -158,6 +158,20 @@ enum Msg {
     Flush(oneshot::Sender<Result<FlushReport, HistoryError>>),
 }
 
+/// A flush handed to the writer thread (see [`HistoryWriter::start_flush`]).
+#[must_use = "the rows are durable only once `written` returns Ok"]
+pub struct PendingFlush(Option<oneshot::Receiver<Result<FlushReport, HistoryError>>>);
+
+impl PendingFlush {
+    /// Waits until the flush's files are written (at once when nothing was buffered).
+    pub async fn written(self) -> Result<FlushReport, HistoryError> {
+        match self.0 {
+            None => Ok(FlushReport::default()),
+            Some(rx) => rx.await.map_err(|_| HistoryError::Gone)?,
+        }
+    }
+}
+
 /// Handle to the writer thread. Dropping it flushes what is buffered and stops the thread.
 pub struct HistoryWriter {
     tx: Option<mpsc::Sender<Msg>>,
@@ -259,6 +273,12 @@ impl HistoryWriter {
         self.buffered >= self.max_events || self.since.is_some_and(|s| s.elapsed() >= self.interval)
     }
 
+    /// Whether twice the rows that make a flush due are buffered: the writer is
+    /// behind, and the caller should wait for it rather than buffer more.
+    pub fn overdue(&self) -> bool {
+        self.buffered >= self.max_events.saturating_mul(2)
+    }
+
     /// Whether anything is buffered.
     pub fn pending(&self) -> bool {
         self.since.is_some()
@@ -271,15 +291,21 @@ impl HistoryWriter {
 
     /// Writes every buffered row; returns once the files are durable.
     pub async fn flush(&mut self) -> Result<FlushReport, HistoryError> {
+        self.start_flush()?.written().await
+    }
+
+    /// Hands every buffered row to the writer thread and returns at once; the
+    /// rows are durable when [`PendingFlush::written`] returns. Flushes finish in
+    /// the order they were started.
+    pub fn start_flush(&mut self) -> Result<PendingFlush, HistoryError> {
         if !self.pending() {
-            return Ok(FlushReport::default());
+            return Ok(PendingFlush(None));
         }
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Flush(reply))?;
-        let report = rx.await.map_err(|_| HistoryError::Gone)??;
         self.buffered = 0;
         self.since = None;
-        Ok(report)
+        Ok(PendingFlush(Some(rx)))
     }
 
     /// The blocking form of [`HistoryWriter::flush`], for code outside the runtime.

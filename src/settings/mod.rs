@@ -109,6 +109,11 @@ pub struct KafkaSettings {
     /// `session.timeout.ms`, `max.poll.interval.ms`, …), over `properties`.
     #[serde(default)]
     pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for AppWarden's producers only (enriched events,
+    /// alerts, dead letters), over `properties` and over the defaults
+    /// `compression.type = lz4`, `linger.ms = 2`, `enable.idempotence = true`.
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
     /// librdkafka properties whose values are secrets (`sasl.password`,
     /// `ssl.key.password`, …), each read from `{ env = "VAR" }` or `{ file = "PATH" }`.
     #[serde(default)]
@@ -374,10 +379,15 @@ impl Settings {
         if k.batch_linger_ms > 10_000 {
             return err("kafka.batch_linger_ms", "must be at most 10000".into());
         }
-        for key in k.properties.keys().chain(k.consumer_properties.keys()) {
+        for key in k
+            .properties
+            .keys()
+            .chain(k.consumer_properties.keys())
+            .chain(k.producer_properties.keys())
+        {
             if SECRET_PROPERTIES.contains(&key.as_str()) {
                 return err(
-                    &format!("kafka.properties.\"{key}\" (or consumer_properties)"),
+                    &format!("kafka.properties.\"{key}\" (or consumer_/producer_properties)"),
                     "holds a secret in clear; set it in kafka.secret_properties as { env = \"VAR\" } or { file = \"PATH\" }".into(),
                 );
             }
@@ -386,7 +396,7 @@ impl Settings {
                 "bootstrap.servers" | "group.id" | "enable.auto.offset.store"
             ) {
                 return err(
-                    &format!("kafka.properties.\"{key}\" (or consumer_properties)"),
+                    &format!("kafka.properties.\"{key}\" (or consumer_/producer_properties)"),
                     "is set by AppWarden itself (use kafka.brokers / kafka.group_id; offsets are stored only after processing)".into(),
                 );
             }
@@ -544,6 +554,16 @@ topics = [{ name = "okta-logs", format = "okta" }]
             "{text}"
         );
         assert!(!text.contains("hunter2"), "{text}");
+        let e = load(
+            Some("[kafka.producer_properties]\n\"ssl.key.password\" = \"hunter2\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("\"ssl.key.password\"") && !e.contains("hunter2"),
+            "{e}"
+        );
         let e = load(
             Some("[kafka]\ntopics = [{ name = \"a\", format = \"okta\", mapping = { time = \"/t\" } }]\n"),
             &[],

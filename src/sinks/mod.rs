@@ -1,8 +1,9 @@
 //! Sinks: where enriched events, alerts and dead letters go (Kafka topics, NDJSON files, history).
 //!
 //! [`Outputs`] groups the configured sinks. Sources call [`Outputs::commit`]
-//! before they store input offsets: it returns only once every record written
-//! since the last commit is durable (acknowledged by the broker, or flushed).
+//! (or [`Outputs::seal`], then await [`Unconfirmed::confirmed`]) before they
+//! store input offsets: it returns only once every record written since the
+//! last seal is durable (acknowledged by the broker, or flushed).
 //! The Parquet history buffers longer: sources also wait for its flush
 //! ([`Outputs::flush_history`]) before they store the offsets of its rows.
 
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use crate::detect::{Alert, Flag};
 use crate::event::NormalizedEvent;
-use crate::history::{FlushReport, HistoryError, HistoryWriter};
+use crate::history::{FlushReport, HistoryError, HistoryWriter, PendingFlush};
 use crate::identity::Registry;
 use crate::pipeline::DeadLetter;
 pub use enriched::EnrichedEvent;
@@ -54,6 +55,22 @@ impl SinkError {
             topic: topic.to_string(),
             source,
         }
+    }
+}
+
+/// Kafka records written by one [`Outputs::seal`] and not yet acknowledged.
+#[must_use = "a batch is durable only once `confirmed` returns Ok"]
+pub struct Unconfirmed {
+    topics: Vec<(String, Vec<DeliveryFuture>)>,
+}
+
+impl Unconfirmed {
+    /// Returns once every record is acknowledged; a failed delivery fails the whole batch.
+    pub async fn confirmed(self) -> Result<(), SinkError> {
+        for (topic, deliveries) in self.topics {
+            kafka::confirm(&topic, deliveries).await?;
+        }
+        Ok(())
     }
 }
 
@@ -134,6 +151,24 @@ impl Outputs {
         self.history.as_ref().is_some_and(HistoryWriter::due)
     }
 
+    /// Whether twice the rows that make a flush due are buffered (the writer is behind).
+    pub fn history_overdue(&self) -> bool {
+        self.history.as_ref().is_some_and(HistoryWriter::overdue)
+    }
+
+    /// Whether the history holds rows not yet handed to a flush.
+    pub fn history_buffered(&self) -> bool {
+        self.history.as_ref().is_some_and(HistoryWriter::pending)
+    }
+
+    /// Hands the history's buffered rows to its writer thread; `None` without a history.
+    pub fn start_history_flush(&mut self) -> Result<Option<PendingFlush>, SinkError> {
+        match &mut self.history {
+            Some(history) => Ok(Some(history.start_flush()?)),
+            None => Ok(None),
+        }
+    }
+
     /// Writes the history's buffered rows as files; returns once they are durable.
     pub async fn flush_history(&mut self) -> Result<FlushReport, SinkError> {
         match &mut self.history {
@@ -175,31 +210,35 @@ impl Outputs {
 
     /// Makes everything written so far durable.
     pub async fn commit(&mut self) -> Result<(), SinkError> {
-        if let Some(file) = &mut self.events_file {
+        self.seal()?.confirmed().await
+    }
+
+    /// Flushes the files and hands over the Kafka deliveries still in flight, so
+    /// the caller can go on with the next batch while they are acknowledged.
+    pub fn seal(&mut self) -> Result<Unconfirmed, SinkError> {
+        for file in [
+            &mut self.events_file,
+            &mut self.dead_letter_file,
+            &mut self.alerts_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
             file.flush()?;
         }
-        if let Some(file) = &mut self.dead_letter_file {
-            file.flush()?;
+        let mut topics = Vec::new();
+        for (topic, pending) in [
+            (&self.alerts_topic, &mut self.pending_alerts),
+            (&self.events_topic, &mut self.pending_events),
+            (&self.dead_letter_topic, &mut self.pending_dead_letters),
+        ] {
+            if let Some(topic) = topic
+                && !pending.is_empty()
+            {
+                topics.push((topic.topic().to_string(), std::mem::take(pending)));
+            }
         }
-        if let Some(file) = &mut self.alerts_file {
-            file.flush()?;
-        }
-        if let Some(topic) = &self.alerts_topic {
-            topic
-                .confirm(std::mem::take(&mut self.pending_alerts))
-                .await?;
-        }
-        if let Some(topic) = &self.events_topic {
-            topic
-                .confirm(std::mem::take(&mut self.pending_events))
-                .await?;
-        }
-        if let Some(topic) = &self.dead_letter_topic {
-            topic
-                .confirm(std::mem::take(&mut self.pending_dead_letters))
-                .await?;
-        }
-        Ok(())
+        Ok(Unconfirmed { topics })
     }
 
     /// Flushes producer queues at shutdown.

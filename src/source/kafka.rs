@@ -1,15 +1,20 @@
 //! Kafka source: one consumer group over the input topics, at-least-once, in order per partition.
 //!
 //! Records are processed in batches. A batch's input offsets are stored only
-//! after [`Outputs::commit`] has made every output of the batch durable;
-//! librdkafka then commits stored offsets periodically, on partition
-//! revocation (see [`GroupContext`]) and at shutdown.
+//! after every output of the batch is durable: files are flushed and alerts
+//! synced when the batch is sealed ([`Outputs::seal`]); its Kafka records are
+//! acknowledged while the next batches are read and processed, and the batches
+//! settle (store their offsets) strictly in order. librdkafka then commits
+//! stored offsets periodically, on partition revocation (see [`GroupContext`])
+//! and at shutdown. Snapshots wait until every batch in flight has settled, so
+//! restored state always matches the offsets it resumes from.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
@@ -29,9 +34,10 @@ use crate::deliver::worker::{DeliverError, Delivery};
 use crate::detect::Engine;
 use crate::detect::engine::EngineError;
 use crate::event::{NormalizedEvent, Origin};
+use crate::history::FlushReport;
 use crate::pipeline::Pipeline;
 use crate::settings::{KafkaSettings, SecretError};
-use crate::sinks::{Outputs, SinkError};
+use crate::sinks::{Outputs, SinkError, Unconfirmed};
 use crate::state::{self, SNAPSHOT_VERSION, Snapshot, StateError};
 use crate::telemetry::RateLimitedLog;
 
@@ -350,6 +356,41 @@ impl BatchOffsets {
     }
 }
 
+/// Batches sealed but not yet acknowledged, at most; one more waits for the oldest.
+/// A few keep the consumer busy during a produce round trip without holding much.
+const MAX_UNSETTLED_BATCHES: usize = 4;
+
+/// A sealed batch: what it stores once its Kafka outputs are acknowledged.
+struct Sealed {
+    offsets: Vec<(String, i32, i64)>,
+    /// When each of its records was received.
+    received: Vec<Instant>,
+}
+
+type Settling =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sealed, SinkError>> + Send>>;
+
+/// What a history flush wrote, and the offsets that waited for it.
+type HistoryWritten = (FlushReport, Vec<(String, i32, i64)>);
+
+type HistoryFlushing =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<HistoryWritten, SinkError>> + Send>>;
+
+/// Resolves when the history flush in `slot` does; never when there is none.
+async fn history_flushed(slot: &mut Option<HistoryFlushing>) -> Result<HistoryWritten, SinkError> {
+    match slot {
+        Some(flush) => flush.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn settling(outputs: Unconfirmed, sealed: Sealed) -> Settling {
+    Box::pin(async move {
+        outputs.confirmed().await?;
+        Ok(sealed)
+    })
+}
+
 /// What the consume loop carries between batches.
 struct RunState {
     batch: BatchOffsets,
@@ -357,11 +398,15 @@ struct RunState {
     received: Vec<Instant>,
     /// Events of the open batch, for the detectors.
     events: Vec<Arc<NormalizedEvent>>,
+    /// Sealed batches waiting for their acknowledgements, oldest first.
+    unsettled: futures::stream::FuturesOrdered<Settling>,
     /// Next offset to read per partition, as far as durable outputs go.
     position: HashMap<(String, i32), i64>,
     /// Last processed offset per partition whose events wait in the history
     /// buffer: stored only once the history flush has made them durable.
     unflushed: Vec<(String, i32, i64)>,
+    /// The history flush in flight, with the offsets it makes durable.
+    history_flush: Option<HistoryFlushing>,
     last_snapshot: Instant,
     /// When the open batch must be flushed, however many records it has.
     batch_deadline: Option<tokio::time::Instant>,
@@ -493,8 +538,10 @@ impl KafkaSource {
             batch: BatchOffsets::default(),
             received: Vec::new(),
             events: Vec::new(),
+            unsettled: Default::default(),
             position,
             unflushed: Vec::new(),
+            history_flush: None,
             last_snapshot: Instant::now(),
             batch_deadline: None,
             snapshots: snapshots.clone(),
@@ -528,16 +575,33 @@ impl KafkaSource {
         }
     }
 
-    /// Writes the history's buffered rows, then stores the offsets that waited for them.
-    async fn flush_history(
+    /// Hands the history's buffered rows to its writer thread without waiting; the
+    /// offsets that waited for them are stored once the files are written
+    /// ([`KafkaSource::history_written`]). One flush is in flight at a time.
+    fn start_history_flush(
         &self,
         outputs: &mut Outputs,
         run: &mut RunState,
     ) -> Result<(), SourceError> {
-        if outputs.history.is_none() {
+        if run.history_flush.is_some() {
             return Ok(());
         }
-        let report = outputs.flush_history().await?;
+        let Some(pending) = outputs.start_history_flush()? else {
+            return Ok(());
+        };
+        // Every row of these settled batches went to the writer before this flush
+        // (or before an earlier one, which the writer finished first).
+        let offsets = std::mem::take(&mut run.unflushed);
+        run.history_flush = Some(Box::pin(async move {
+            let report = pending.written().await?;
+            Ok((report, offsets))
+        }));
+        Ok(())
+    }
+
+    /// A history flush finished: the offsets that waited for it are stored.
+    fn history_written(&self, written: HistoryWritten, run: &mut RunState) {
+        let (report, offsets) = written;
         if report.files > 0 {
             tracing::debug!(
                 files = report.files,
@@ -547,8 +611,26 @@ impl KafkaSource {
                 "history files written"
             );
         }
-        let offsets = std::mem::take(&mut run.unflushed);
         self.store_offsets(offsets, &mut run.position);
+    }
+
+    /// Writes every history row handed over so far and stores the offsets that
+    /// waited for them; returns once they are durable.
+    async fn flush_history(
+        &self,
+        outputs: &mut Outputs,
+        run: &mut RunState,
+    ) -> Result<(), SourceError> {
+        // The flush in flight first, then one for whatever was buffered since.
+        if let Some(flush) = run.history_flush.take() {
+            let written = flush.await?;
+            self.history_written(written, run);
+        }
+        self.start_history_flush(outputs, run)?;
+        if let Some(flush) = run.history_flush.take() {
+            let written = flush.await?;
+            self.history_written(written, run);
+        }
         Ok(())
     }
 
@@ -593,6 +675,8 @@ impl KafkaSource {
         engine: &Engine,
         run: &mut RunState,
     ) -> Result<(), SourceError> {
+        self.settle_all(pipeline, outputs.history.is_some(), run)
+            .await?;
         self.flush_history(outputs, run).await?;
         let mut offsets: Vec<(String, i32, i64)> = run
             .position
@@ -623,47 +707,59 @@ impl KafkaSource {
         let warn = RateLimitedLog::new(Duration::from_secs(10));
         let mut events: Vec<NormalizedEvent> = Vec::with_capacity(64);
         loop {
-            if !run.unflushed.is_empty() && outputs.history_due() {
+            if run.history_flush.is_none() {
+                // Settled offsets whose rows are all in finished flushes need an empty one.
+                if outputs.history_due()
+                    || (!run.unflushed.is_empty() && !outputs.history_buffered())
+                {
+                    self.start_history_flush(outputs, run)?;
+                }
+            } else if outputs.history_overdue() {
+                // The writer is a whole flush behind: wait for it rather than buffer more.
                 self.flush_history(outputs, run).await?;
             }
             let history_deadline = outputs
                 .history_deadline()
-                .filter(|_| run.batch.records == 0)
+                .filter(|_| run.batch.records == 0 && run.history_flush.is_none())
                 .map(tokio::time::Instant::from_std);
             // While idle with unsaved state, a snapshot is taken when one falls due.
             let idle_snapshot = run
                 .snapshots
                 .as_ref()
-                .filter(|_| run.unsaved)
+                .filter(|_| run.unsaved && run.batch_deadline.is_none())
                 .map(|p| p.interval.saturating_sub(run.last_snapshot.elapsed()));
-            let next = match run.batch_deadline {
-                None => tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => None,
-                    m = self.consumer.recv() => Some(m),
-                    _ = tokio::time::sleep(idle_snapshot.unwrap_or_default()), if idle_snapshot.is_some() => {
-                        if let Some(policy) = run.snapshots.clone() {
-                            self.snapshot(&policy, pipeline, outputs, engine, run).await?;
-                        }
-                        run.last_snapshot = Instant::now();
-                        run.unsaved = false;
-                        continue;
+            let batch_deadline = run.batch_deadline;
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => None,
+                Some(sealed) = run.unsettled.next(), if !run.unsettled.is_empty() => {
+                    self.settle(sealed?, pipeline, outputs.history.is_some(), run);
+                    continue;
+                }
+                written = history_flushed(&mut run.history_flush), if run.history_flush.is_some() => {
+                    run.history_flush = None;
+                    self.history_written(written?, run);
+                    continue;
+                }
+                m = self.consumer.recv() => Some(m),
+                // A partial batch is flushed when it has waited long enough.
+                _ = tokio::time::sleep_until(batch_deadline.unwrap_or_else(tokio::time::Instant::now)), if batch_deadline.is_some() => {
+                    self.commit_batch(pipeline, outputs, engine, delivery, run).await?;
+                    continue;
+                }
+                _ = tokio::time::sleep(idle_snapshot.unwrap_or_default()), if idle_snapshot.is_some() => {
+                    if let Some(policy) = run.snapshots.clone() {
+                        self.snapshot(&policy, pipeline, outputs, engine, run).await?;
                     }
-                    // Idle with history rows buffered: write them when they fall due.
-                    _ = tokio::time::sleep_until(history_deadline.unwrap_or_else(tokio::time::Instant::now)), if history_deadline.is_some() => {
-                        self.flush_history(outputs, run).await?;
-                        continue;
-                    }
-                },
-                Some(deadline) => tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => None,
-                    m = self.consumer.recv() => Some(m),
-                    _ = tokio::time::sleep_until(deadline) => {
-                        self.commit_batch(pipeline, outputs, engine, delivery, run).await?;
-                        continue;
-                    }
-                },
+                    run.last_snapshot = Instant::now();
+                    run.unsaved = false;
+                    continue;
+                }
+                // Idle with history rows buffered: write them when they fall due.
+                _ = tokio::time::sleep_until(history_deadline.unwrap_or_else(tokio::time::Instant::now)), if history_deadline.is_some() => {
+                    self.start_history_flush(outputs, run)?;
+                    continue;
+                }
             };
             // Rebalance callbacks run inside `recv`. A revocation seen now forgets the
             // open batch's records of the revoked partitions before the message just
@@ -729,6 +825,8 @@ impl KafkaSource {
         }
         self.commit_batch(pipeline, outputs, engine, delivery, run)
             .await?;
+        self.settle_all(pipeline, outputs.history.is_some(), run)
+            .await?;
         self.flush_history(outputs, run).await?;
         if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "final commit (nothing new to commit is fine)");
@@ -737,8 +835,48 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Runs the batch's events through the detectors, makes every output durable,
-    /// stores the offsets, and snapshots state when one is due.
+    /// A batch's outputs are acknowledged: its offsets are stored, or wait for the
+    /// history flush that makes its rows durable.
+    fn settle(&self, sealed: Sealed, pipeline: &Pipeline, history: bool, run: &mut RunState) {
+        pipeline
+            .stats()
+            .processing_latency
+            .record_all(sealed.received.iter().map(|t| t.elapsed()));
+        if history {
+            for (topic, partition, offset) in sealed.offsets {
+                match run
+                    .unflushed
+                    .iter_mut()
+                    .find(|(t, p, _)| *p == partition && *t == topic)
+                {
+                    Some(entry) => entry.2 = offset,
+                    None => run.unflushed.push((topic, partition, offset)),
+                }
+            }
+        } else {
+            self.store_offsets(sealed.offsets, &mut run.position);
+        }
+        self.progress
+            .batches_committed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits for every sealed batch to settle, in order.
+    async fn settle_all(
+        &self,
+        pipeline: &Pipeline,
+        history: bool,
+        run: &mut RunState,
+    ) -> Result<(), SourceError> {
+        while let Some(sealed) = run.unsettled.next().await {
+            self.settle(sealed?, pipeline, history, run);
+        }
+        Ok(())
+    }
+
+    /// Runs the batch's events through the detectors, writes every output and
+    /// seals the batch (its offsets are stored when it settles), and snapshots
+    /// state when one is due.
     async fn commit_batch(
         &self,
         pipeline: &Pipeline,
@@ -764,34 +902,21 @@ impl KafkaSource {
             outputs.alert(alert).await?;
             pipeline.stats().alert(alert);
         }
-        outputs.commit().await?;
+        let unconfirmed = outputs.seal()?;
         // Alerts that page are durable in the outbox before their input offsets move.
         delivery.sync()?;
-        pipeline
-            .stats()
-            .processing_latency
-            .record_all(run.received.drain(..).map(|t| t.elapsed()));
-        let offsets = run.batch.partitions.drain(..);
-        if outputs.history.is_some() {
-            // The history holds these events in memory until its next flush.
-            for (topic, partition, offset) in offsets {
-                match run
-                    .unflushed
-                    .iter_mut()
-                    .find(|(t, p, _)| *p == partition && *t == topic)
-                {
-                    Some(entry) => entry.2 = offset,
-                    None => run.unflushed.push((topic, partition, offset)),
-                }
-            }
-        } else {
-            self.store_offsets(offsets, &mut run.position);
-        }
+        let sealed = Sealed {
+            offsets: run.batch.partitions.drain(..).collect(),
+            received: std::mem::take(&mut run.received),
+        };
+        run.unsettled.push_back(settling(unconfirmed, sealed));
         run.batch.records = 0;
         run.batch_deadline = None;
-        self.progress
-            .batches_committed
-            .fetch_add(1, Ordering::Relaxed);
+        while run.unsettled.len() > MAX_UNSETTLED_BATCHES {
+            if let Some(sealed) = run.unsettled.next().await {
+                self.settle(sealed?, pipeline, outputs.history.is_some(), run);
+            }
+        }
         run.unsaved = true;
         if let Some(policy) = run.snapshots.clone()
             && run.last_snapshot.elapsed() >= policy.interval
