@@ -3,9 +3,11 @@
 //!
 //! Run: `cargo bench --bench load`. Environment: `LOAD_RECORDS` (default
 //! 200 000) generated vendor records, a realistic mix of all seven formats;
-//! `LOAD_BATCH_MAX_RECORDS` overrides `kafka.batch_max_records` and
+//! `LOAD_BATCH_MAX_RECORDS` overrides `kafka.batch_max_records`,
+//! `LOAD_BATCH_LINGER_MS` `kafka.batch_linger_ms`,
 //! `LOAD_PRODUCER_COMPRESSION` the producers' `compression.type`, and
-//! `LOAD_HISTORY_FLUSH_EVENTS` `history.flush_max_events` (to compare).
+//! `LOAD_HISTORY_FLUSH_EVENTS` `history.flush_max_events` (to compare);
+//! `LOAD_SHOW_SLOW` prints each alert slower than 45 ms (to find a tail's cause).
 //! Printed:
 //! - bare: a librdkafka consumer reading the three input topics to the end
 //!   (assign, poll, nothing else), records/s;
@@ -235,6 +237,12 @@ fn daemon_settings(
     {
         settings.kafka.batch_max_records = batch;
     }
+    if let Some(ms) = std::env::var("LOAD_BATCH_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.kafka.batch_linger_ms = ms;
+    }
     if let Some(events) = std::env::var("LOAD_HISTORY_FLUSH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -407,6 +415,15 @@ fn alert_latencies(
                     .max();
                 if let Some(trigger) = trigger {
                     histogram.saturating_record((emitted - trigger).max(1) as u64);
+                    if std::env::var_os("LOAD_SHOW_SLOW").is_some() && emitted - trigger > 45 {
+                        println!(
+                            "slow alert: {} ms {} {} at {}",
+                            emitted - trigger,
+                            alert.kind,
+                            alert.identity,
+                            trigger % 100_000
+                        );
+                    }
                 }
             }
             _ => quiet += 1,
@@ -501,6 +518,9 @@ fn main() {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // ...and has had time to look up its offsets and start fetching: records sent
+        // before that would measure the start-up, not the pipeline.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let sent = produce_paced(&brokers, &latency, &records, rate).await;
         let deadline = Instant::now() + Duration::from_secs(120);
         while stats.snapshot().records < records.len() as u64 && Instant::now() < deadline {

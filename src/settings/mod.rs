@@ -215,7 +215,7 @@ fn default_batch_max_records() -> usize {
     500
 }
 fn default_batch_linger_ms() -> u64 {
-    20
+    5
 }
 
 /// librdkafka properties whose values are secrets and may not be written in clear.

@@ -890,11 +890,9 @@ impl KafkaSource {
         }
         let registry = pipeline.registry();
         let processed = engine.process_flagged(&run.events, &registry).await?;
-        outputs
-            .events(&run.events, &processed.flags, &registry)
-            .await?;
-        run.events.clear();
         let mut alerts = processed.alerts;
+        // Alerts go out before the batch's enriched events are written: they are what
+        // somebody waits for.
         for alert in &mut alerts {
             // The router groups repeats and records the kill-switch action before the
             // alert is written anywhere, so every copy says the same.
@@ -902,6 +900,10 @@ impl KafkaSource {
             outputs.alert(alert).await?;
             pipeline.stats().alert(alert);
         }
+        outputs
+            .events(&run.events, &processed.flags, &registry)
+            .await?;
+        run.events.clear();
         let unconfirmed = outputs.seal()?;
         // Alerts that page are durable in the outbox before their input offsets move.
         delivery.sync()?;
