@@ -177,6 +177,20 @@ pub(crate) fn harness(
     }
 }
 
+/// Produces [`inputs`] to their harness topics; returns them with the coordinates of each.
+pub(crate) async fn produce_inputs(
+    brokers: &str,
+    h: &Harness,
+) -> (Vec<Input>, Vec<(String, i32, i64)>) {
+    let inputs = inputs();
+    let records: Vec<(String, Vec<u8>)> = inputs
+        .iter()
+        .map(|i| (h.topic_names[i.topic].clone(), i.payload.clone()))
+        .collect();
+    let coordinates = produce(brokers, &records).await;
+    (inputs, coordinates)
+}
+
 /// Produces records (batched, in order per partition); returns (topic, partition, offset) of each.
 pub(crate) async fn produce(
     brokers: &str,
@@ -321,12 +335,7 @@ async fn every_format_is_decoded_resolved_and_committed() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
     let h = harness(&brokers, &cluster);
-    let inputs = inputs();
-    let records: Vec<(String, Vec<u8>)> = inputs
-        .iter()
-        .map(|i| (h.topic_names[i.topic].clone(), i.payload.clone()))
-        .collect();
-    let coordinates = produce(&brokers, &records).await;
+    let (inputs, coordinates) = produce_inputs(&brokers, &h).await;
 
     let stats = run_daemon_until(&h.settings, inputs.len() as u64).await;
     let snapshot = stats.snapshot();
@@ -561,4 +570,69 @@ async fn restart_restores_baselines_without_a_first_seen_flood() {
         assert_eq!(alert["id"], written["id"]);
         assert_eq!(alert["identity"].as_str(), Some(key.as_str()));
     }
+}
+
+/// Batches are acknowledged while later ones are processed, so a failed output must
+/// still keep every offset from moving: the daemon stops, nothing is committed, and
+/// a restart once the topic is writable again processes every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_enriched_topic_stops_the_daemon_before_any_offset_moves() {
+    use rdkafka::types::RDKafkaRespErr;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let h = harness(&brokers, &cluster);
+    let (inputs, _) = produce_inputs(&brokers, &h).await;
+    let events_topic = &h.topic_names["events"];
+    cluster
+        .topic_error(
+            events_topic,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .expect("topic error set");
+
+    let stats = Arc::new(Stats::default());
+    let daemon = Daemon::build(&h.settings, stats.clone()).expect("daemon builds");
+    let task = tokio::spawn(daemon.run(CancellationToken::new()));
+    let stopped = wait_until(Duration::from_secs(60), || task.is_finished()).await;
+    assert!(
+        stopped,
+        "the daemon kept running with its enriched topic refused"
+    );
+    let error = task
+        .await
+        .expect("daemon task")
+        .expect_err("a refused output is an error");
+    assert!(error.to_string().contains(events_topic.as_str()), "{error}");
+    assert!(
+        stats.snapshot().records > 0,
+        "records were read before it stopped"
+    );
+    for suffix in ["sso", "secrets", "gateway", "squid", "generic"] {
+        let topic = &h.topic_names[suffix];
+        assert_eq!(
+            committed(&h.settings, topic, 2),
+            vec![0, 0],
+            "no offset of {topic} moved"
+        );
+    }
+
+    cluster
+        .topic_error(events_topic, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .expect("topic error cleared");
+    let again = run_daemon_until(&h.settings, inputs.len() as u64).await;
+    assert_eq!(again.snapshot().records, inputs.len() as u64);
+    for suffix in ["sso", "secrets", "gateway", "squid", "generic"] {
+        let topic = &h.topic_names[suffix];
+        assert_eq!(
+            committed(&h.settings, topic, 2),
+            high_watermarks(&h.settings, topic, 2),
+            "committed offsets of {topic} after the restart"
+        );
+    }
+    let published: Vec<(String, serde_json::Value)> = read_topic(&h.settings, events_topic, 2, 8);
+    assert_eq!(
+        published.len(),
+        8,
+        "every good record reached the enriched topic"
+    );
 }

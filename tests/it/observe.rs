@@ -14,7 +14,7 @@ use appwarden::deliver::SinkSettings;
 use appwarden::settings::SecretRef;
 use appwarden::telemetry::Stats;
 
-use crate::kafka_pipeline::{harness, inputs, produce};
+use crate::kafka_pipeline::{harness, produce_inputs};
 use crate::support::wait_until;
 
 /// The value of the sample `name{labels...}` in a Prometheus exposition, if present.
@@ -142,12 +142,7 @@ async fn metrics_readiness_and_sql_over_http() {
     assert_eq!(get(&client, &format!("{base}/healthz")).await.0, 200);
     assert_eq!(get(&client, &format!("{base}/nowhere")).await.0, 404);
 
-    let inputs = inputs();
-    let records: Vec<(String, Vec<u8>)> = inputs
-        .iter()
-        .map(|i| (h.topic_names[i.topic].clone(), i.payload.clone()))
-        .collect();
-    produce(&brokers, &records).await;
+    let (inputs, _) = produce_inputs(&brokers, &h).await;
     let expected = inputs.len() as u64;
     let processed = wait_until(Duration::from_secs(60), || {
         stats.snapshot().records >= expected
