@@ -178,6 +178,8 @@ pub struct HistoryWriter {
     thread: Option<JoinHandle<()>>,
     buffered: usize,
     since: Option<Instant>,
+    /// Set once any row was sent to the writer thread.
+    handed_over: bool,
     interval: Duration,
     max_events: usize,
     stats: Arc<HistoryStats>,
@@ -226,6 +228,7 @@ impl HistoryWriter {
             thread: Some(handle),
             buffered: 0,
             since: None,
+            handed_over: false,
             interval: Duration::from_secs(settings.flush_interval_secs),
             max_events: settings.flush_max_events,
             stats,
@@ -256,6 +259,7 @@ impl HistoryWriter {
         }
         self.buffered += rows.len();
         self.since.get_or_insert_with(Instant::now);
+        self.handed_over = true;
         self.send(Msg::Events(rows))
     }
 
@@ -265,6 +269,7 @@ impl HistoryWriter {
             return Ok(());
         }
         self.since.get_or_insert_with(Instant::now);
+        self.handed_over = true;
         self.send(Msg::Alerts(alerts.to_vec()))
     }
 
@@ -273,8 +278,8 @@ impl HistoryWriter {
         self.buffered >= self.max_events || self.since.is_some_and(|s| s.elapsed() >= self.interval)
     }
 
-    /// Whether twice the rows that make a flush due are buffered: the writer is
-    /// behind, and the caller should wait for it rather than buffer more.
+    /// Whether twice the event rows that make a flush due are buffered: the writer
+    /// is behind, and the caller should wait for it rather than buffer more.
     pub fn overdue(&self) -> bool {
         self.buffered >= self.max_events.saturating_mul(2)
     }
@@ -298,7 +303,9 @@ impl HistoryWriter {
     /// rows are durable when [`PendingFlush::written`] returns. Flushes finish in
     /// the order they were started.
     pub fn start_flush(&mut self) -> Result<PendingFlush, HistoryError> {
-        if !self.pending() {
+        // Once rows were handed over, even an "empty" flush asks the writer: rows of a
+        // failed or unfinished earlier flush are still only in its memory.
+        if !self.pending() && !self.handed_over {
             return Ok(PendingFlush(None));
         }
         let (reply, rx) = oneshot::channel();
@@ -310,15 +317,10 @@ impl HistoryWriter {
 
     /// The blocking form of [`HistoryWriter::flush`], for code outside the runtime.
     pub fn flush_blocking(&mut self) -> Result<FlushReport, HistoryError> {
-        if !self.pending() {
-            return Ok(FlushReport::default());
+        match self.start_flush()?.0 {
+            None => Ok(FlushReport::default()),
+            Some(rx) => rx.blocking_recv().map_err(|_| HistoryError::Gone)?,
         }
-        let (reply, rx) = oneshot::channel();
-        self.send(Msg::Flush(reply))?;
-        let report = rx.blocking_recv().map_err(|_| HistoryError::Gone)??;
-        self.buffered = 0;
-        self.since = None;
-        Ok(report)
     }
 }
 
@@ -544,4 +546,54 @@ pub fn event_rows(events: &[Arc<NormalizedEvent>], flags: &[(usize, Flag)]) -> V
         }
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Category, NormalizedEvent, Product};
+
+    fn settings(path: &Path) -> HistorySettings {
+        let (defaults, _) =
+            crate::settings::Settings::load_with_env(None, Vec::new()).expect("defaults");
+        HistorySettings {
+            path: path.display().to_string(),
+            ..defaults.history
+        }
+    }
+
+    fn row(minute: u32) -> EventRow {
+        let time = chrono::DateTime::parse_from_rfc3339(&format!("2026-11-20T10:{minute:02}:00Z"))
+            .expect("time")
+            .with_timezone(&Utc);
+        EventRow {
+            event: Arc::new(NormalizedEvent::new(
+                time,
+                Product::Kong,
+                Category::ApiCall,
+                "GET",
+            )),
+            flags: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_of_a_failed_flush_are_written_by_the_next_one_even_with_nothing_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut writer = HistoryWriter::start(&settings(dir.path())).expect("writer");
+        // A file where the events folder must go makes every events file fail.
+        let blocker = dir.path().join("events");
+        std::fs::write(&blocker, b"not a folder").expect("blocker");
+        writer.events(vec![row(1), row(2)]).expect("buffered");
+        let pending = writer.start_flush().expect("flush started");
+        assert!(pending.written().await.is_err(), "the blocked flush fails");
+        assert!(!writer.pending(), "nothing new is buffered");
+
+        // Nothing new, yet the writer still holds two rows: the next flush must write them.
+        std::fs::remove_file(&blocker).expect("unblocked");
+        let report = writer.flush().await.expect("the retry writes");
+        assert_eq!((report.events, report.files), (2, 1));
+        let again = writer.flush().await.expect("an idle flush");
+        assert_eq!(again.events, 0);
+    }
 }

@@ -208,7 +208,7 @@ pub fn render(observed: &Observed) -> String {
     );
     x.one(
         "appwarden_kafka_batches_committed_total",
-        "Batches whose outputs were durable and whose offsets were stored.",
+        "Batches whose outputs were acknowledged (offsets stored, or waiting for the history flush).",
         progress.batches_committed.load(Ordering::Relaxed) as f64,
     );
     x.family(

@@ -401,6 +401,22 @@ impl Settings {
                 );
             }
         }
+        for (key, value) in k.properties.iter().chain(&k.producer_properties) {
+            // An acknowledgement must mean the record is durable: offsets move on it.
+            let weak = match key.as_str() {
+                "acks" | "request.required.acks" => value.trim() != "all" && value.trim() != "-1",
+                "enable.idempotence" => value.trim() == "false",
+                _ => false,
+            };
+            if weak {
+                return err(
+                    &format!("kafka.properties.\"{key}\" (or producer_properties)"),
+                    format!(
+                        "\"{value}\" would let input offsets move before outputs are durable; leave it unset"
+                    ),
+                );
+            }
+        }
         for (key, secret) in &k.secret_properties {
             if let Err(msg) = secret.validate() {
                 return err(&format!("kafka.secret_properties.\"{key}\""), msg);
@@ -564,6 +580,13 @@ topics = [{ name = "okta-logs", format = "okta" }]
             e.contains("\"ssl.key.password\"") && !e.contains("hunter2"),
             "{e}"
         );
+        for weak in ["acks = \"1\"", "\"enable.idempotence\" = \"false\""] {
+            let e = load(Some(&format!("[kafka.producer_properties]\n{weak}\n")), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("durable"), "{e}");
+        }
+        load(Some("[kafka.properties]\nacks = \"all\"\n"), &[]).expect("acks=all is fine");
         let e = load(
             Some("[kafka]\ntopics = [{ name = \"a\", format = \"okta\", mapping = { time = \"/t\" } }]\n"),
             &[],

@@ -25,18 +25,25 @@ impl KafkaTopicWriter {
         max_message_bytes: usize,
     ) -> Result<Self, SinkError> {
         let mut config = config.clone();
-        config
-            .set("enable.idempotence", "true")
+        let defaults = [
+            ("enable.idempotence", "true"),
             // lz4 costs a fraction of zstd's CPU per produce request (librdkafka
             // builds a fresh zstd context for each one); zstd stays one override away.
-            .set("compression.type", "lz4")
+            ("compression.type", "lz4"),
             // A batch's input offsets move once its records are acknowledged; a short
             // linger keeps that wait short while later batches are already processed.
-            .set("linger.ms", "2")
-            .set(
-                "message.max.bytes",
-                (max_message_bytes + 64 * 1024).to_string(),
-            );
+            ("linger.ms", "2"),
+        ];
+        for (key, value) in defaults {
+            // `kafka.properties` may have set it already; `producer_properties` win below.
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
+        config.set(
+            "message.max.bytes",
+            (max_message_bytes + 64 * 1024).to_string(),
+        );
         for (key, value) in overrides {
             config.set(key, value);
         }

@@ -5,7 +5,8 @@
 //! store input offsets: it returns only once every record written since the
 //! last seal is durable (acknowledged by the broker, or flushed).
 //! The Parquet history buffers longer: sources also wait for its flush
-//! ([`Outputs::flush_history`]) before they store the offsets of its rows.
+//! ([`Outputs::flush_history`], or [`Outputs::start_history_flush`] and then
+//! [`PendingFlush::written`]) before they store the offsets of its rows.
 
 pub mod enriched;
 pub mod kafka;

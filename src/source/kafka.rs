@@ -4,7 +4,8 @@
 //! after every output of the batch is durable: files are flushed and alerts
 //! synced when the batch is sealed ([`Outputs::seal`]); its Kafka records are
 //! acknowledged while the next batches are read and processed, and the batches
-//! settle (store their offsets) strictly in order. librdkafka then commits
+//! settle strictly in order: a settled batch's offsets are stored, or, with a
+//! Parquet history, wait for the history flush that writes its rows. librdkafka then commits
 //! stored offsets periodically, on partition revocation (see [`GroupContext`])
 //! and at shutdown. Snapshots wait until every batch in flight has settled, so
 //! restored state always matches the offsets it resumes from.
@@ -92,7 +93,7 @@ pub struct SourceProgress {
     pub assigned_partitions: AtomicI64,
     /// Set once the group has assigned partitions at least once.
     pub ever_assigned: AtomicBool,
-    /// Batches whose offsets were stored.
+    /// Batches whose outputs were acknowledged (offsets stored, or waiting for the history flush).
     pub batches_committed: AtomicI64,
     /// Records read per input topic, with the topic's configured format.
     pub consumed: Vec<TopicCounter>,
@@ -356,8 +357,9 @@ impl BatchOffsets {
     }
 }
 
-/// Batches sealed but not yet acknowledged, at most; one more waits for the oldest.
-/// A few keep the consumer busy during a produce round trip without holding much.
+/// Sealed batches not yet acknowledged, at most (the open batch's records may be in
+/// flight too); one more waits for the oldest. A few keep the consumer busy during
+/// a produce round trip without holding much.
 const MAX_UNSETTLED_BATCHES: usize = 4;
 
 /// A sealed batch: what it stores once its Kafka outputs are acknowledged.
@@ -402,8 +404,8 @@ struct RunState {
     unsettled: futures::stream::FuturesOrdered<Settling>,
     /// Next offset to read per partition, as far as durable outputs go.
     position: HashMap<(String, i32), i64>,
-    /// Last processed offset per partition whose events wait in the history
-    /// buffer: stored only once the history flush has made them durable.
+    /// Last offset per partition of settled batches not yet handed to a history
+    /// flush: stored once the flush that follows has written their rows.
     unflushed: Vec<(String, i32, i64)>,
     /// The history flush in flight, with the offsets it makes durable.
     history_flush: Option<HistoryFlushing>,
@@ -411,7 +413,7 @@ struct RunState {
     /// When the open batch must be flushed, however many records it has.
     batch_deadline: Option<tokio::time::Instant>,
     snapshots: Option<SnapshotPolicy>,
-    /// Batches committed since the last snapshot.
+    /// Whether a batch was sealed since the last snapshot.
     unsaved: bool,
 }
 
@@ -513,9 +515,10 @@ impl KafkaSource {
         self.progress.clone()
     }
 
-    /// Reads until `shutdown`, then finishes the batch in hand, stores and
-    /// commits its offsets. A sink failure stops the source without storing the
-    /// failed batch's offsets, so a restart re-reads it.
+    /// Reads until `shutdown`, then seals the batch in hand, waits for every sealed
+    /// batch to settle, flushes the history, and stores and commits the offsets. A
+    /// sink failure stops the source without storing the failed batch's offsets or
+    /// any later batch's, so a restart re-reads them.
     pub async fn run(
         &self,
         pipeline: &mut Pipeline,
@@ -621,15 +624,17 @@ impl KafkaSource {
         outputs: &mut Outputs,
         run: &mut RunState,
     ) -> Result<(), SourceError> {
-        // The flush in flight first, then one for whatever was buffered since.
-        if let Some(flush) = run.history_flush.take() {
-            let written = flush.await?;
-            self.history_written(written, run);
-        }
-        self.start_history_flush(outputs, run)?;
-        if let Some(flush) = run.history_flush.take() {
-            let written = flush.await?;
-            self.history_written(written, run);
+        // The flush in flight first, then one for whatever was buffered since. A flush
+        // leaves its slot only once it is done, so none is ever forgotten half-way.
+        for start in [false, true] {
+            if start {
+                self.start_history_flush(outputs, run)?;
+            }
+            if let Some(flush) = run.history_flush.as_mut() {
+                let written = flush.await?;
+                run.history_flush = None;
+                self.history_written(written, run);
+            }
         }
         Ok(())
     }
@@ -665,8 +670,9 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Writes state consistent with the stored offsets; the history is flushed
-    /// first, so that resuming at the snapshot's offsets loses no history rows.
+    /// Writes state consistent with the stored offsets: every sealed batch settles
+    /// and the history is flushed first, so the engine has seen exactly the records
+    /// before the snapshot's offsets and resuming there loses no history rows.
     async fn snapshot(
         &self,
         policy: &SnapshotPolicy,
@@ -744,7 +750,7 @@ impl KafkaSource {
                 m = self.consumer.recv() => Some(m),
                 // A partial batch is flushed when it has waited long enough.
                 _ = tokio::time::sleep_until(batch_deadline.unwrap_or_else(tokio::time::Instant::now)), if batch_deadline.is_some() => {
-                    self.commit_batch(pipeline, outputs, engine, delivery, run).await?;
+                    self.seal_batch(pipeline, outputs, engine, delivery, run).await?;
                     continue;
                 }
                 _ = tokio::time::sleep(idle_snapshot.unwrap_or_default()), if idle_snapshot.is_some() => {
@@ -819,11 +825,11 @@ impl KafkaSource {
             }
             run.batch.note(topic, message.partition(), message.offset());
             if run.batch.records >= self.batch_max_records {
-                self.commit_batch(pipeline, outputs, engine, delivery, run)
+                self.seal_batch(pipeline, outputs, engine, delivery, run)
                     .await?;
             }
         }
-        self.commit_batch(pipeline, outputs, engine, delivery, run)
+        self.seal_batch(pipeline, outputs, engine, delivery, run)
             .await?;
         self.settle_all(pipeline, outputs.history.is_some(), run)
             .await?;
@@ -836,7 +842,8 @@ impl KafkaSource {
     }
 
     /// A batch's outputs are acknowledged: its offsets are stored, or wait for the
-    /// history flush that makes its rows durable.
+    /// history flush that makes its rows durable. Its records' processing latency
+    /// (`received → processed`) ends here, acknowledgements included.
     fn settle(&self, sealed: Sealed, pipeline: &Pipeline, history: bool, run: &mut RunState) {
         pipeline
             .stats()
@@ -877,7 +884,7 @@ impl KafkaSource {
     /// Runs the batch's events through the detectors, writes every output and
     /// seals the batch (its offsets are stored when it settles), and snapshots
     /// state when one is due.
-    async fn commit_batch(
+    async fn seal_batch(
         &self,
         pipeline: &Pipeline,
         outputs: &mut Outputs,
@@ -891,8 +898,8 @@ impl KafkaSource {
         let registry = pipeline.registry();
         let processed = engine.process_flagged(&run.events, &registry).await?;
         let mut alerts = processed.alerts;
-        // Alerts go out before the batch's enriched events are written: they are what
-        // somebody waits for.
+        // Alerts reach the alerts topic and file before the batch's enriched events
+        // are written (paging sinks still wait for the outbox sync below).
         for alert in &mut alerts {
             // The router groups repeats and records the kill-switch action before the
             // alert is written anywhere, so every copy says the same.
