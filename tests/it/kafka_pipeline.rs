@@ -636,3 +636,47 @@ async fn a_failing_enriched_topic_stops_the_daemon_before_any_offset_moves() {
         "every good record reached the enriched topic"
     );
 }
+
+/// A running daemon with nothing more to read still stores and commits every offset
+/// once the history flush that follows has written the rows (no shutdown needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_commits_every_offset_after_its_history_flush() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let mut h = harness(&brokers, &cluster);
+    h.settings.history.flush_interval_secs = 1;
+    h.settings
+        .kafka
+        .consumer_properties
+        .insert("auto.commit.interval.ms".into(), "200".into());
+    let (inputs, _) = produce_inputs(&brokers, &h).await;
+
+    let stats = Arc::new(Stats::default());
+    let daemon = Daemon::build(&h.settings, stats.clone()).expect("daemon builds");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(daemon.run(shutdown.clone()));
+    let inputs_topics = ["sso", "secrets", "gateway", "squid", "generic"];
+    let all_committed = || {
+        inputs_topics.iter().all(|suffix| {
+            let topic = &h.topic_names[*suffix];
+            committed(&h.settings, topic, 2) == high_watermarks(&h.settings, topic, 2)
+        })
+    };
+    let done = wait_until(Duration::from_secs(45), || {
+        stats.snapshot().records >= inputs.len() as u64 && all_committed()
+    })
+    .await;
+    assert!(!task.is_finished(), "the daemon is still running");
+    assert!(
+        done,
+        "offsets committed while idle: {:?}",
+        inputs_topics
+            .iter()
+            .map(|s| committed(&h.settings, &h.topic_names[*s], 2))
+            .collect::<Vec<_>>()
+    );
+    shutdown.cancel();
+    task.await
+        .expect("daemon task")
+        .expect("daemon ran cleanly");
+}
