@@ -160,15 +160,12 @@ enum Msg {
 
 /// A flush handed to the writer thread (see [`HistoryWriter::start_flush`]).
 #[must_use = "the rows are durable only once `written` returns Ok"]
-pub struct PendingFlush(Option<oneshot::Receiver<Result<FlushReport, HistoryError>>>);
+pub struct PendingFlush(oneshot::Receiver<Result<FlushReport, HistoryError>>);
 
 impl PendingFlush {
-    /// Waits until the flush's files are written (at once when nothing was buffered).
+    /// Waits until the flush's files are written.
     pub async fn written(self) -> Result<FlushReport, HistoryError> {
-        match self.0 {
-            None => Ok(FlushReport::default()),
-            Some(rx) => rx.await.map_err(|_| HistoryError::Gone)?,
-        }
+        self.0.await.map_err(|_| HistoryError::Gone)?
     }
 }
 
@@ -178,8 +175,6 @@ pub struct HistoryWriter {
     thread: Option<JoinHandle<()>>,
     buffered: usize,
     since: Option<Instant>,
-    /// Set once any row was sent to the writer thread.
-    handed_over: bool,
     interval: Duration,
     max_events: usize,
     stats: Arc<HistoryStats>,
@@ -228,7 +223,6 @@ impl HistoryWriter {
             thread: Some(handle),
             buffered: 0,
             since: None,
-            handed_over: false,
             interval: Duration::from_secs(settings.flush_interval_secs),
             max_events: settings.flush_max_events,
             stats,
@@ -259,7 +253,6 @@ impl HistoryWriter {
         }
         self.buffered += rows.len();
         self.since.get_or_insert_with(Instant::now);
-        self.handed_over = true;
         self.send(Msg::Events(rows))
     }
 
@@ -269,7 +262,6 @@ impl HistoryWriter {
             return Ok(());
         }
         self.since.get_or_insert_with(Instant::now);
-        self.handed_over = true;
         self.send(Msg::Alerts(alerts.to_vec()))
     }
 
@@ -301,26 +293,20 @@ impl HistoryWriter {
 
     /// Hands every buffered row to the writer thread and returns at once; the
     /// rows are durable when [`PendingFlush::written`] returns. Flushes finish in
-    /// the order they were started.
+    /// the order they were started. The writer is asked even with nothing new
+    /// buffered: rows of a failed or unfinished earlier flush are only in its memory.
     pub fn start_flush(&mut self) -> Result<PendingFlush, HistoryError> {
-        // Once rows were handed over, even an "empty" flush asks the writer: rows of a
-        // failed or unfinished earlier flush are still only in its memory.
-        if !self.pending() && !self.handed_over {
-            return Ok(PendingFlush(None));
-        }
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Flush(reply))?;
         self.buffered = 0;
         self.since = None;
-        Ok(PendingFlush(Some(rx)))
+        Ok(PendingFlush(rx))
     }
 
     /// The blocking form of [`HistoryWriter::flush`], for code outside the runtime.
     pub fn flush_blocking(&mut self) -> Result<FlushReport, HistoryError> {
-        match self.start_flush()?.0 {
-            None => Ok(FlushReport::default()),
-            Some(rx) => rx.blocking_recv().map_err(|_| HistoryError::Gone)?,
-        }
+        let pending = self.start_flush()?;
+        pending.0.blocking_recv().map_err(|_| HistoryError::Gone)?
     }
 }
 

@@ -346,14 +346,18 @@ struct BatchOffsets {
 impl BatchOffsets {
     fn note(&mut self, topic: &str, partition: i32, offset: i64) {
         self.records += 1;
-        match self
-            .partitions
-            .iter_mut()
-            .find(|(t, p, _)| *p == partition && t == topic)
-        {
-            Some(entry) => entry.2 = offset,
-            None => self.partitions.push((topic.to_string(), partition, offset)),
-        }
+        note_offset(&mut self.partitions, topic, partition, offset);
+    }
+}
+
+/// Keeps `offset` as the last one of its partition in `offsets`.
+fn note_offset(offsets: &mut Vec<(String, i32, i64)>, topic: &str, partition: i32, offset: i64) {
+    match offsets
+        .iter_mut()
+        .find(|(t, p, _)| *p == partition && t == topic)
+    {
+        Some(entry) => entry.2 = offset,
+        None => offsets.push((topic.to_string(), partition, offset)),
     }
 }
 
@@ -400,6 +404,8 @@ struct RunState {
     received: Vec<Instant>,
     /// Events of the open batch, for the detectors.
     events: Vec<Arc<NormalizedEvent>>,
+    /// Whether a Parquet history holds rows back (their offsets wait for its flushes).
+    keeps_history: bool,
     /// Sealed batches waiting for their acknowledgements, oldest first.
     unsettled: futures::stream::FuturesOrdered<Settling>,
     /// Next offset to read per partition, as far as durable outputs go.
@@ -541,6 +547,7 @@ impl KafkaSource {
             batch: BatchOffsets::default(),
             received: Vec::new(),
             events: Vec::new(),
+            keeps_history: outputs.history.is_some(),
             unsettled: Default::default(),
             position,
             unflushed: Vec::new(),
@@ -624,17 +631,19 @@ impl KafkaSource {
         outputs: &mut Outputs,
         run: &mut RunState,
     ) -> Result<(), SourceError> {
-        // The flush in flight first, then one for whatever was buffered since. A flush
-        // leaves its slot only once it is done, so none is ever forgotten half-way.
-        for start in [false, true] {
-            if start {
-                self.start_history_flush(outputs, run)?;
-            }
-            if let Some(flush) = run.history_flush.as_mut() {
-                let written = flush.await?;
-                run.history_flush = None;
-                self.history_written(written, run);
-            }
+        // The flush in flight first, then one for whatever was buffered since.
+        self.finish_history_flush(run).await?;
+        self.start_history_flush(outputs, run)?;
+        self.finish_history_flush(run).await
+    }
+
+    /// Waits for the history flush in flight, if any, and stores its offsets. The
+    /// flush leaves its slot only once it is done, so none is forgotten half-way.
+    async fn finish_history_flush(&self, run: &mut RunState) -> Result<(), SourceError> {
+        if let Some(flush) = run.history_flush.as_mut() {
+            let written = flush.await?;
+            run.history_flush = None;
+            self.history_written(written, run);
         }
         Ok(())
     }
@@ -681,8 +690,7 @@ impl KafkaSource {
         engine: &Engine,
         run: &mut RunState,
     ) -> Result<(), SourceError> {
-        self.settle_all(pipeline, outputs.history.is_some(), run)
-            .await?;
+        self.settle_all(pipeline, run).await?;
         self.flush_history(outputs, run).await?;
         let mut offsets: Vec<(String, i32, i64)> = run
             .position
@@ -739,7 +747,7 @@ impl KafkaSource {
                 biased;
                 _ = shutdown.cancelled() => None,
                 Some(sealed) = run.unsettled.next(), if !run.unsettled.is_empty() => {
-                    self.settle(sealed?, pipeline, outputs.history.is_some(), run);
+                    self.settle(sealed?, pipeline, run);
                     continue;
                 }
                 written = history_flushed(&mut run.history_flush), if run.history_flush.is_some() => {
@@ -831,8 +839,7 @@ impl KafkaSource {
         }
         self.seal_batch(pipeline, outputs, engine, delivery, run)
             .await?;
-        self.settle_all(pipeline, outputs.history.is_some(), run)
-            .await?;
+        self.settle_all(pipeline, run).await?;
         self.flush_history(outputs, run).await?;
         if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "final commit (nothing new to commit is fine)");
@@ -844,21 +851,14 @@ impl KafkaSource {
     /// A batch's outputs are acknowledged: its offsets are stored, or wait for the
     /// history flush that makes its rows durable. Its records' processing latency
     /// (`received → processed`) ends here, acknowledgements included.
-    fn settle(&self, sealed: Sealed, pipeline: &Pipeline, history: bool, run: &mut RunState) {
+    fn settle(&self, sealed: Sealed, pipeline: &Pipeline, run: &mut RunState) {
         pipeline
             .stats()
             .processing_latency
             .record_all(sealed.received.iter().map(|t| t.elapsed()));
-        if history {
-            for (topic, partition, offset) in sealed.offsets {
-                match run
-                    .unflushed
-                    .iter_mut()
-                    .find(|(t, p, _)| *p == partition && *t == topic)
-                {
-                    Some(entry) => entry.2 = offset,
-                    None => run.unflushed.push((topic, partition, offset)),
-                }
+        if run.keeps_history {
+            for (topic, partition, offset) in &sealed.offsets {
+                note_offset(&mut run.unflushed, topic, *partition, *offset);
             }
         } else {
             self.store_offsets(sealed.offsets, &mut run.position);
@@ -869,14 +869,9 @@ impl KafkaSource {
     }
 
     /// Waits for every sealed batch to settle, in order.
-    async fn settle_all(
-        &self,
-        pipeline: &Pipeline,
-        history: bool,
-        run: &mut RunState,
-    ) -> Result<(), SourceError> {
+    async fn settle_all(&self, pipeline: &Pipeline, run: &mut RunState) -> Result<(), SourceError> {
         while let Some(sealed) = run.unsettled.next().await {
-            self.settle(sealed?, pipeline, history, run);
+            self.settle(sealed?, pipeline, run);
         }
         Ok(())
     }
@@ -923,7 +918,7 @@ impl KafkaSource {
         run.batch_deadline = None;
         while run.unsettled.len() > MAX_UNSETTLED_BATCHES {
             if let Some(sealed) = run.unsettled.next().await {
-                self.settle(sealed?, pipeline, outputs.history.is_some(), run);
+                self.settle(sealed?, pipeline, run);
             }
         }
         run.unsaved = true;

@@ -283,6 +283,24 @@ fn committed(settings: &Settings, topic: &str, partitions: i32) -> Vec<i64> {
         .collect()
 }
 
+/// The input topics of [`harness`], each with two partitions.
+pub(crate) const INPUT_TOPICS: [&str; 5] = ["sso", "secrets", "gateway", "squid", "generic"];
+
+/// Per input topic: its name, committed offsets and high watermarks.
+fn input_offsets(h: &Harness) -> Vec<(String, Vec<i64>, Vec<i64>)> {
+    INPUT_TOPICS
+        .iter()
+        .map(|suffix| {
+            let topic = &h.topic_names[*suffix];
+            (
+                topic.clone(),
+                committed(&h.settings, topic, 2),
+                high_watermarks(&h.settings, topic, 2),
+            )
+        })
+        .collect()
+}
+
 fn high_watermarks(settings: &Settings, topic: &str, partitions: i32) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka.brokers)
@@ -428,13 +446,8 @@ async fn every_format_is_decoded_resolved_and_committed() {
     assert_eq!(counted, events.len() as i64);
 
     // Input offsets are committed up to the end of every partition.
-    for suffix in ["sso", "secrets", "gateway", "squid", "generic"] {
-        let topic = &h.topic_names[suffix];
-        assert_eq!(
-            committed(&h.settings, topic, 2),
-            high_watermarks(&h.settings, topic, 2),
-            "committed offsets of {topic}"
-        );
+    for (topic, committed, end) in input_offsets(&h) {
+        assert_eq!(committed, end, "committed offsets of {topic}");
     }
 
     // A restart of the same group resumes after the committed offsets: only the new record is processed.
@@ -607,13 +620,8 @@ async fn a_failing_enriched_topic_stops_the_daemon_before_any_offset_moves() {
         stats.snapshot().records > 0,
         "records were read before it stopped"
     );
-    for suffix in ["sso", "secrets", "gateway", "squid", "generic"] {
-        let topic = &h.topic_names[suffix];
-        assert_eq!(
-            committed(&h.settings, topic, 2),
-            vec![0, 0],
-            "no offset of {topic} moved"
-        );
+    for (topic, committed, _) in input_offsets(&h) {
+        assert_eq!(committed, vec![0, 0], "no offset of {topic} moved");
     }
 
     cluster
@@ -621,11 +629,9 @@ async fn a_failing_enriched_topic_stops_the_daemon_before_any_offset_moves() {
         .expect("topic error cleared");
     let again = run_daemon_until(&h.settings, inputs.len() as u64).await;
     assert_eq!(again.snapshot().records, inputs.len() as u64);
-    for suffix in ["sso", "secrets", "gateway", "squid", "generic"] {
-        let topic = &h.topic_names[suffix];
+    for (topic, committed, end) in input_offsets(&h) {
         assert_eq!(
-            committed(&h.settings, topic, 2),
-            high_watermarks(&h.settings, topic, 2),
+            committed, end,
             "committed offsets of {topic} after the restart"
         );
     }
@@ -655,13 +661,7 @@ async fn an_idle_daemon_commits_every_offset_after_its_history_flush() {
     let daemon = Daemon::build(&h.settings, stats.clone()).expect("daemon builds");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon.run(shutdown.clone()));
-    let inputs_topics = ["sso", "secrets", "gateway", "squid", "generic"];
-    let all_committed = || {
-        inputs_topics.iter().all(|suffix| {
-            let topic = &h.topic_names[*suffix];
-            committed(&h.settings, topic, 2) == high_watermarks(&h.settings, topic, 2)
-        })
-    };
+    let all_committed = || input_offsets(&h).iter().all(|(_, c, end)| c == end);
     let done = wait_until(Duration::from_secs(45), || {
         stats.snapshot().records >= inputs.len() as u64 && all_committed()
     })
@@ -669,11 +669,8 @@ async fn an_idle_daemon_commits_every_offset_after_its_history_flush() {
     assert!(!task.is_finished(), "the daemon is still running");
     assert!(
         done,
-        "offsets committed while idle: {:?}",
-        inputs_topics
-            .iter()
-            .map(|s| committed(&h.settings, &h.topic_names[*s], 2))
-            .collect::<Vec<_>>()
+        "offsets committed while idle (topic, committed, end): {:?}",
+        input_offsets(&h)
     );
     shutdown.cancel();
     task.await

@@ -14,7 +14,7 @@ use appwarden::deliver::SinkSettings;
 use appwarden::settings::SecretRef;
 use appwarden::telemetry::Stats;
 
-use crate::kafka_pipeline::{harness, produce_inputs};
+use crate::kafka_pipeline::{INPUT_TOPICS, harness, produce_inputs};
 use crate::support::wait_until;
 
 /// The value of the sample `name{labels...}` in a Prometheus exposition, if present.
@@ -170,7 +170,7 @@ async fn metrics_readiness_and_sql_over_http() {
 
     let (status, metrics) = get(&client, &format!("{base}/metrics")).await;
     assert_eq!(status, 200);
-    for suffix in ["sso", "secrets", "gateway", "squid", "generic"] {
+    for suffix in INPUT_TOPICS {
         let sent = inputs.iter().filter(|i| i.topic == suffix).count() as f64;
         assert_eq!(
             sample(
