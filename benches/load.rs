@@ -210,6 +210,11 @@ fn bare_consumer(brokers: &str, topics: &Topics, n: usize) -> Duration {
     first.map_or(Duration::ZERO, |t| t.elapsed())
 }
 
+/// A number from the environment, when set and valid.
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn daemon_settings(
     brokers: &str,
     topics: &Topics,
@@ -231,22 +236,13 @@ fn daemon_settings(
             mapping: None,
         })
         .collect();
-    if let Some(batch) = std::env::var("LOAD_BATCH_MAX_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(batch) = env_number("LOAD_BATCH_MAX_RECORDS") {
         settings.kafka.batch_max_records = batch;
     }
-    if let Some(ms) = std::env::var("LOAD_BATCH_LINGER_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(ms) = env_number("LOAD_BATCH_LINGER_MS") {
         settings.kafka.batch_linger_ms = ms;
     }
-    if let Some(events) = std::env::var("LOAD_HISTORY_FLUSH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(events) = env_number("LOAD_HISTORY_FLUSH_EVENTS") {
         settings.history.flush_max_events = events;
     }
     if let Ok(codec) = std::env::var("LOAD_PRODUCER_COMPRESSION") {
@@ -433,10 +429,7 @@ fn alert_latencies(
 }
 
 fn main() {
-    let n: usize = std::env::var("LOAD_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let n: usize = env_number("LOAD_RECORDS").unwrap_or(200_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
