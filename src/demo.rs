@@ -286,6 +286,9 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     settings.history.path = history_path.display().to_string();
     // Files every few seconds, so the compressed days land in many hour partitions.
     settings.history.flush_interval_secs = 5;
+    // The generated days are fixed dates: retention by the wall clock would delete
+    // them once they are a month old, and the report's SQL would come back empty.
+    settings.history.retention_days = 0;
     settings.deliver.sinks = demo_sinks(&options, out)?;
     // A free port: the demo must not collide with a daemon running on the default one.
     settings.http.listen = "127.0.0.1:0".into();

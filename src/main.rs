@@ -46,31 +46,7 @@ enum Command {
     /// Inputs may be NDJSON, JSON arrays, CloudTrail files ({"Records":[...]}, also .gz)
     /// or Squid access logs; `-` reads standard input. The same input and settings
     /// always give the same alerts, byte for byte.
-    Replay {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Record format of every input (auto recognises each record).
-        #[arg(long, short, default_value = "auto")]
-        format: Format,
-        /// Where alerts go (`-` for standard output).
-        #[arg(long, default_value = "-")]
-        alerts_out: PathBuf,
-        /// Also write the enriched events (OCSF JSON, one per line) here.
-        #[arg(long)]
-        events_out: Option<PathBuf>,
-        /// Also write events and alerts to the Parquet history at this root (a folder or
-        /// s3://bucket/prefix), for `appwarden query`. Off unless given, so that replaying
-        /// the same files twice never doubles the history by accident.
-        #[arg(long)]
-        history: Option<String>,
-        /// Where records that cannot be decoded go (default: dead_letter.file from the
-        /// settings, else appwarden-deadletter.ndjson).
-        #[arg(long)]
-        dead_letter_out: Option<PathBuf>,
-        /// Input files.
-        #[arg(required = true)]
-        inputs: Vec<String>,
-    },
+    Replay(ReplayArgs),
     /// Run the whole pipeline on an embedded Kafka (librdkafka's mock cluster) with
     /// generated micro-app traffic and injected incidents, then print a summary.
     Demo {
@@ -125,6 +101,38 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Record format of every input (auto recognises each record).
+    #[arg(long, short, default_value = "auto")]
+    format: Format,
+    /// Where alerts go (`-` for standard output).
+    #[arg(long, default_value = "-")]
+    alerts_out: PathBuf,
+    /// Also write the enriched events (OCSF JSON, one per line) here.
+    #[arg(long)]
+    events_out: Option<PathBuf>,
+    /// Also write events and alerts to the Parquet history at this root (a folder or
+    /// s3://bucket/prefix), for `appwarden query`. Off unless given, so that replaying
+    /// the same files twice never doubles the history by accident.
+    #[arg(long)]
+    history: Option<String>,
+    /// Delete history partitions older than this many days (by the wall clock) after
+    /// writing. Default: none, so a replay of old logs keeps everything it writes;
+    /// `history.retention_days` applies to the daemon only.
+    #[arg(long, requires = "history")]
+    retention_days: Option<u64>,
+    /// Where records that cannot be decoded go (default: dead_letter.file from the
+    /// settings, else appwarden-deadletter.ndjson).
+    #[arg(long)]
+    dead_letter_out: Option<PathBuf>,
+    /// Input files.
+    #[arg(required = true)]
+    inputs: Vec<String>,
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -191,19 +199,15 @@ async fn run(config: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn replay(
-    config: Option<&Path>,
-    format: Format,
-    alerts_out: &Path,
-    events_out: Option<&Path>,
-    history: Option<&str>,
-    dead_letter_out: Option<&Path>,
-    inputs: &[String],
-) -> anyhow::Result<()> {
-    let mut settings = load_settings(config)?;
-    settings.history.path = history.unwrap_or_default().to_string();
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let mut settings = load_settings(args.config.as_deref())?;
+    settings.history.path = args.history.clone().unwrap_or_default();
+    // The daemon's retention is by wall clock; a replay of old exports would delete
+    // what it just wrote. A replay expires only when asked to.
+    let daemon_retention_days = settings.history.retention_days;
+    settings.history.retention_days = args.retention_days.unwrap_or(0);
     init_logging(settings.log.format, &settings.log.level);
-    let dead_letters = match dead_letter_out {
+    let dead_letters = match args.dead_letter_out.as_deref() {
         Some(path) => path.to_path_buf(),
         None if !settings.dead_letter.file.is_empty() => PathBuf::from(&settings.dead_letter.file),
         None => PathBuf::from("appwarden-deadletter.ndjson"),
@@ -223,15 +227,16 @@ async fn replay(
     .with_max_future(settings.input.max_future_secs)
     .with_max_dead_letter_payload(settings.dead_letter.max_payload_bytes);
     let mut outputs = build_outputs(&settings, false)?;
-    if let Some(path) = events_out {
+    if let Some(path) = args.events_out.as_deref() {
         outputs.events_file = Some(NdjsonWriter::open(path)?);
     }
-    outputs.alerts_file = Some(NdjsonWriter::open(alerts_out)?);
+    outputs.alerts_file = Some(NdjsonWriter::open(&args.alerts_out)?);
+    let history_stats = outputs.history.as_ref().map(|h| h.stats());
     outputs.dead_letter_file = Some(NdjsonWriter::open(&dead_letters)?);
     let options = DecodeOptions::default();
     file::replay(
-        inputs,
-        format,
+        &args.inputs,
+        args.format,
         &options,
         &mut pipeline,
         &mut engine,
@@ -254,7 +259,54 @@ async fn replay(
             String::new()
         }
     );
+    if let Some(stats) = history_stats {
+        print_history_aging(&settings, &stats, daemon_retention_days);
+    }
     Ok(())
+}
+
+/// After a `replay --history`: what was written, and how retention will treat it.
+fn print_history_aging(
+    settings: &Settings,
+    stats: &appwarden::history::HistoryStats,
+    daemon_retention_days: u64,
+) {
+    use std::sync::atomic::Ordering;
+    let written = stats.events_written.load(Ordering::Relaxed);
+    let expired = stats.files_expired.load(Ordering::Relaxed);
+    eprintln!(
+        "history: {written} events written to {}{}",
+        settings.history.path,
+        if expired > 0 {
+            format!(", {expired} files older than --retention-days deleted")
+        } else {
+            String::new()
+        }
+    );
+    let oldest = stats.oldest_event_hour.lock().ok().and_then(|o| *o);
+    if let Some(oldest) = oldest
+        && daemon_retention_days > 0
+        && settings.history.retention_days == 0
+    {
+        let cutoff = chrono::Utc::now() - chrono::Duration::days(daemon_retention_days as i64);
+        if oldest < cutoff {
+            eprintln!(
+                "history: events from {} on are older than history.retention_days = {daemon_retention_days}; \
+                 a daemon with this history root deletes hour partitions that ended before {} at its first flush",
+                oldest.format("%Y-%m-%d %H:00 UTC"),
+                cutoff.format("%Y-%m-%d %H:%M UTC"),
+            );
+        } else {
+            eprintln!(
+                "history: a daemon with this history root deletes each hour partition {daemon_retention_days} days \
+                 after it ends (history.retention_days), the oldest one written here on {}",
+                (oldest
+                    + chrono::Duration::hours(1)
+                    + chrono::Duration::days(daemon_retention_days as i64))
+                .format("%Y-%m-%d"),
+            );
+        }
+    }
 }
 
 async fn query(
@@ -346,26 +398,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run(config.as_deref()).await,
-            Command::Replay {
-                config,
-                format,
-                alerts_out,
-                events_out,
-                history,
-                dead_letter_out,
-                inputs,
-            } => {
-                replay(
-                    config.as_deref(),
-                    format,
-                    &alerts_out,
-                    events_out.as_deref(),
-                    history.as_deref(),
-                    dead_letter_out.as_deref(),
-                    &inputs,
-                )
-                .await
-            }
+            Command::Replay(args) => replay(args).await,
             Command::Query {
                 config,
                 history,

@@ -55,7 +55,8 @@ pub struct HistorySettings {
     pub flush_interval_secs: u64,
     /// …or as soon as this many events are buffered.
     pub flush_max_events: usize,
-    /// Partitions whose hour ended more than this many days ago are deleted; 0 keeps all.
+    /// The daemon deletes partitions whose hour ended more than this many days before
+    /// the wall clock; 0 keeps all. `replay` applies only its own `--retention-days`.
     pub retention_days: u64,
     /// Keep the vendor record of each event in the `raw_data` column (about 4× the size on disk).
     #[serde(default)]
@@ -141,6 +142,18 @@ pub struct HistoryStats {
     pub files_written: AtomicU64,
     pub bytes_written: AtomicU64,
     pub files_expired: AtomicU64,
+    /// Start of the oldest hour partition an event was written to (for `replay`'s
+    /// note on how its history will age under retention).
+    pub oldest_event_hour: std::sync::Mutex<Option<DateTime<Utc>>>,
+}
+
+/// The wall clock that retention is measured against. Only retention reads it
+/// (partitions are by event time); tests pass a clock of their own.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The machine's clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
 }
 
 /// What one flush wrote.
@@ -182,7 +195,16 @@ pub struct HistoryWriter {
 }
 
 impl HistoryWriter {
+    /// Starts the writer; retention (if set) is measured against the system clock.
     pub fn start(settings: &HistorySettings) -> Result<HistoryWriter, HistoryError> {
+        Self::start_with_clock(settings, system_clock())
+    }
+
+    /// Starts the writer with retention measured against `clock`.
+    pub fn start_with_clock(
+        settings: &HistorySettings,
+        clock: Clock,
+    ) -> Result<HistoryWriter, HistoryError> {
         let store = Store::open(&settings.path, &settings.s3())?;
         let level = ZstdLevel::try_new(settings.zstd_level)
             .map_err(|e| HistoryError::Config(format!("history.zstd_level: {e}")))?;
@@ -209,6 +231,7 @@ impl HistoryWriter {
             raw_data: settings.raw_data,
             retention: (settings.retention_days > 0)
                 .then(|| chrono::Duration::days(settings.retention_days as i64)),
+            clock,
             last_expiry: None,
             sequence: 0,
             stats: stats.clone(),
@@ -331,6 +354,7 @@ struct WriterThread {
     properties: WriterProperties,
     raw_data: bool,
     retention: Option<chrono::Duration>,
+    clock: Clock,
     last_expiry: Option<Instant>,
     sequence: u64,
     stats: Arc<HistoryStats>,
@@ -413,6 +437,12 @@ impl WriterThread {
     fn flush(&mut self) -> Result<FlushReport, HistoryError> {
         let mut report = FlushReport::default();
         let events = std::mem::take(&mut self.events);
+        if let Some((_, day, hour)) = events.keys().min_by_key(|(_, day, hour)| (*day, *hour))
+            && let Some(start) = day.and_hms_opt(*hour, 0, 0).map(|t| t.and_utc())
+            && let Ok(mut oldest) = self.stats.oldest_event_hour.lock()
+        {
+            *oldest = Some(oldest.map_or(start, |o| o.min(start)));
+        }
         let mut failure = None;
         for ((product, day, hour), rows) in events {
             if failure.is_some() {
@@ -495,7 +525,7 @@ impl WriterThread {
             return;
         }
         self.last_expiry = Some(Instant::now());
-        let cutoff = Utc::now() - retention;
+        let cutoff = (self.clock)() - retention;
         for table in ["events", "alerts"] {
             match self.store.expire(table, cutoff, self.runtime.as_ref()) {
                 Ok(n) => {
@@ -563,10 +593,60 @@ mod tests {
         }
     }
 
+    fn clock_at(time: &str) -> Clock {
+        let now = chrono::DateTime::parse_from_rfc3339(time)
+            .expect("time")
+            .with_timezone(&Utc);
+        Arc::new(move || now)
+    }
+
+    fn event_files(root: &Path) -> usize {
+        let mut count = 0;
+        let mut stack = vec![root.join("events")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    count += 1;
+                }
+            }
+        }
+        count
+    }
+
+    #[tokio::test]
+    async fn retention_is_measured_against_the_injected_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = settings(dir.path());
+        settings.retention_days = 30;
+        // The rows' hour (2026-11-20 10:00) ends 29 days and 23 hours before this clock.
+        let writer_at =
+            |now: &str| HistoryWriter::start_with_clock(&settings, clock_at(now)).expect("writer");
+        let mut young = writer_at("2026-12-20T10:00:00Z");
+        young.events(vec![row(1), row(2)]).expect("buffered");
+        young.flush().await.expect("written");
+        assert_eq!(event_files(dir.path()), 1, "inside the retention period");
+        assert_eq!(
+            *young.stats().oldest_event_hour.lock().expect("lock"),
+            Some("2026-11-20T10:00:00Z".parse().expect("time"))
+        );
+
+        // A day later the hour is past retention: the next flush deletes it.
+        let mut old = writer_at("2026-12-21T12:00:00Z");
+        old.flush().await.expect("an idle flush expires");
+        assert_eq!(event_files(dir.path()), 0, "expired by the later clock");
+        assert_eq!(old.stats().files_expired.load(Ordering::Relaxed), 1);
+    }
+
     #[tokio::test]
     async fn rows_of_a_failed_flush_are_written_by_the_next_one_even_with_nothing_new() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut writer = HistoryWriter::start(&settings(dir.path())).expect("writer");
+        let mut writer = HistoryWriter::start_with_clock(
+            &settings(dir.path()),
+            clock_at("2026-11-21T00:00:00Z"),
+        )
+        .expect("writer");
         // A file where the events folder must go makes every events file fail.
         let blocker = dir.path().join("events");
         std::fs::write(&blocker, b"not a folder").expect("blocker");

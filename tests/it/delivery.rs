@@ -255,6 +255,8 @@ max_source_skew_secs = 21600
 [history]
 path = "{history}"
 flush_interval_secs = 1
+# The traffic is dated 2026-11-23: retention by the wall clock would expire it.
+retention_days = 0
 [http]
 listen = "127.0.0.1:0"
 [deliver]

@@ -30,62 +30,107 @@ struct Replayed {
 /// writes it as one NDJSON/text file and replays it into a history, once per test run.
 fn replayed() -> &'static Replayed {
     static ONCE: OnceLock<Replayed> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let world = World::new(WorldConfig {
-            seed: 5,
-            apps: 12,
-            hours: 72,
-            rate_scale: 0.3,
-            malformed_ratio: 0.002,
-            start: Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap(),
-            ..WorldConfig::default()
-        });
-        let registry = dir.path().join("registry.yaml");
-        std::fs::write(&registry, world.registry_yaml()).expect("registry");
-        let input = dir.path().join("records.log");
-        let mut text = Vec::new();
-        for record in world.records() {
-            text.extend_from_slice(&record.payload);
-            text.push(b'\n');
-        }
-        std::fs::write(&input, text).expect("records");
-        let history = dir.path().join("history");
-        let events = dir.path().join("events.ndjson");
-        let alerts = dir.path().join("alerts.ndjson");
-        let output = appwarden()
-            .env("APPWARDEN__REGISTRY__PATH", &registry)
-            .arg("replay")
-            .arg("--history")
-            .arg(&history)
-            .arg("--events-out")
-            .arg(&events)
-            .arg("--alerts-out")
-            .arg(&alerts)
-            .arg("--dead-letter-out")
-            .arg(dir.path().join("dead.ndjson"))
-            .arg(&input)
-            .output()
-            .expect("replay runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let lines = |path: &Path| -> Vec<serde_json::Value> {
-            std::fs::read_to_string(path)
-                .expect("output file")
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("JSON line"))
-                .collect()
-        };
-        Replayed {
-            history,
-            events: lines(&events),
-            alerts: lines(&alerts),
-            _dir: dir,
-        }
-    })
+    ONCE.get_or_init(|| replay_world(Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap(), &[]).0)
+}
+
+/// Replays three days of a dozen apps' traffic from `start` into a fresh history
+/// with the default settings (plus `extra` arguments); returns what it wrote and
+/// the replay's standard error.
+fn replay_world(start: chrono::DateTime<Utc>, extra: &[&str]) -> (Replayed, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = World::new(WorldConfig {
+        seed: 5,
+        apps: 12,
+        hours: 72,
+        rate_scale: 0.3,
+        malformed_ratio: 0.002,
+        start,
+        ..WorldConfig::default()
+    });
+    let registry = dir.path().join("registry.yaml");
+    std::fs::write(&registry, world.registry_yaml()).expect("registry");
+    let input = dir.path().join("records.log");
+    let mut text = Vec::new();
+    for record in world.records() {
+        text.extend_from_slice(&record.payload);
+        text.push(b'\n');
+    }
+    std::fs::write(&input, text).expect("records");
+    let history = dir.path().join("history");
+    let events = dir.path().join("events.ndjson");
+    let alerts = dir.path().join("alerts.ndjson");
+    let output = appwarden()
+        .env("APPWARDEN__REGISTRY__PATH", &registry)
+        .arg("replay")
+        .arg("--history")
+        .arg(&history)
+        .args(extra)
+        .arg("--events-out")
+        .arg(&events)
+        .arg("--alerts-out")
+        .arg(&alerts)
+        .arg("--dead-letter-out")
+        .arg(dir.path().join("dead.ndjson"))
+        .arg(&input)
+        .output()
+        .expect("replay runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "{stderr}");
+    let lines = |path: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .expect("output file")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    };
+    let replayed = Replayed {
+        history,
+        events: lines(&events),
+        alerts: lines(&alerts),
+        _dir: dir,
+    };
+    (replayed, stderr)
+}
+
+/// Two years before today, at midnight: far older than the default retention (30 days).
+fn two_years_ago() -> chrono::DateTime<Utc> {
+    let day = (Utc::now() - chrono::Duration::days(730)).date_naive();
+    day.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
+}
+
+#[test]
+fn a_replay_of_logs_two_years_old_keeps_its_history_and_says_how_it_ages() {
+    let (r, stderr) = replay_world(two_years_ago(), &[]);
+    assert!(r.events.len() > 5_000, "{} events", r.events.len());
+    let rows = query(&r.history, "SELECT count(*) AS n FROM events");
+    assert_eq!(
+        rows[0]["n"].as_u64(),
+        Some(r.events.len() as u64),
+        "{stderr}"
+    );
+    let alerts = query(&r.history, "SELECT count(*) AS n FROM alerts");
+    assert_eq!(alerts[0]["n"].as_u64(), Some(r.alerts.len() as u64));
+    assert!(!r.alerts.is_empty(), "the world's incidents alert");
+    let first_day = two_years_ago().format("%Y-%m-%d").to_string();
+    let day_rows = query(
+        &r.history,
+        &format!("SELECT count(*) AS n FROM events WHERE day = '{first_day}'"),
+    );
+    assert!(day_rows[0]["n"].as_u64().unwrap_or(0) > 0, "{day_rows:?}");
+    assert!(
+        stderr.contains("older than history.retention_days = 30")
+            && stderr.contains(&format!("from {first_day} 00:00 UTC")),
+        "the summary says how the history will age: {stderr}"
+    );
+}
+
+#[test]
+fn a_replay_expires_old_partitions_only_when_asked() {
+    let (r, stderr) = replay_world(two_years_ago(), &["--retention-days", "30"]);
+    assert!(r.events.len() > 5_000, "{} events", r.events.len());
+    assert!(stderr.contains("deleted"), "{stderr}");
+    let rows = query(&r.history, "SELECT count(*) AS n FROM events");
+    assert_eq!(rows[0]["n"].as_u64(), Some(0), "{rows:?}");
 }
 
 /// Runs `appwarden query --format json` and returns its rows.
