@@ -200,6 +200,53 @@ impl PrincipalRef {
     }
 }
 
+/// Whether a principal is a person or a service (an app, bot, agent, workload).
+///
+/// Micro-apps are services; people signing in are context for the detectors,
+/// not unregistered apps. Decoders set it where the vendor says (Okta actor
+/// type, Entra sign-in kind, CloudTrail identity type, Vault auth method);
+/// otherwise the identity stage derives it from the principal's form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorType {
+    /// A human: an Okta `User`, an Entra user sign-in, an IAM user, an Identity
+    /// Center or console session, a Vault userpass/LDAP/OIDC login.
+    Person,
+    /// An OAuth client, service principal, role session, AppRole, gateway consumer.
+    Service,
+    /// The record does not say (a bare address, a generic record without a type).
+    #[default]
+    Unknown,
+}
+
+impl ActorType {
+    pub const ALL: [ActorType; 3] = [ActorType::Person, ActorType::Service, ActorType::Unknown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorType::Person => "person",
+            ActorType::Service => "service",
+            ActorType::Unknown => "unknown",
+        }
+    }
+
+    /// What a principal of this form is when the record says nothing more.
+    pub fn of_kind(kind: PrincipalKind) -> ActorType {
+        match kind {
+            PrincipalKind::OauthClient
+            | PrincipalKind::RoleArn
+            | PrincipalKind::VaultRole
+            | PrincipalKind::GatewayConsumer => ActorType::Service,
+            PrincipalKind::User
+            | PrincipalKind::AccessKey
+            | PrincipalKind::VaultEntity
+            | PrincipalKind::VaultDisplayName
+            | PrincipalKind::VaultAccessor
+            | PrincipalKind::SourceIp => ActorType::Unknown,
+        }
+    }
+}
+
 /// The actor of an event: the most specific form first, then the others the
 /// record also carried (an assumed-role session has an ARN, a role and a key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -208,6 +255,9 @@ pub struct Principal {
     pub raw: String,
     /// Every form found, most specific first; identity resolution tries them in order.
     pub refs: Vec<PrincipalRef>,
+    /// Person or service (see [`ActorType`]).
+    #[serde(default, rename = "type")]
+    pub actor_type: ActorType,
 }
 
 impl Principal {
@@ -228,6 +278,15 @@ impl Principal {
 
     pub fn is_empty(&self) -> bool {
         self.refs.is_empty()
+    }
+
+    /// The actor's type: as the decoder set it, else what its primary form implies.
+    pub fn classify(&mut self) {
+        if self.actor_type == ActorType::Unknown
+            && let Some(primary) = self.refs.first()
+        {
+            self.actor_type = ActorType::of_kind(primary.kind);
+        }
     }
 }
 

@@ -39,7 +39,7 @@ use serde_json::value::RawValue;
 
 use super::fields::opt_str;
 use super::{DecodeError, Format, parse_time, truncate};
-use crate::event::{Category, NormalizedEvent, Outcome, PrincipalKind, Product};
+use crate::event::{ActorType, Category, NormalizedEvent, Outcome, PrincipalKind, Product};
 
 const FORMAT: Format = Format::Cloudtrail;
 
@@ -527,12 +527,19 @@ fn signin_failed(response: Option<&RawValue>) -> bool {
 /// Adds the forms of the actor's identity, most specific first.
 fn push_actor(event: &mut NormalizedEvent, identity: &UserIdentity<'_>) {
     let actor = &mut event.actor;
+    let kind = identity.kind.as_deref().unwrap_or("");
+    let issuer_arn = identity
+        .session_context
+        .as_ref()
+        .and_then(|c| c.session_issuer.as_ref())
+        .and_then(|i| i.arn.as_deref());
+    actor.actor_type = actor_type(kind, issuer_arn);
     let mut push = |kind: PrincipalKind, value: &Option<Cow<'_, str>>| {
         if let Some(v) = value.as_deref() {
             actor.push(kind, v);
         }
     };
-    match identity.kind.as_deref().unwrap_or("") {
+    match kind {
         "AssumedRole" | "FederatedUser" => {
             if let Some(issuer) = identity
                 .session_context
@@ -563,6 +570,27 @@ fn push_actor(event: &mut NormalizedEvent, identity: &UserIdentity<'_>) {
             push(PrincipalKind::User, &identity.principal_id);
             push(PrincipalKind::AccessKey, &identity.access_key_id);
         }
+    }
+}
+
+/// Person or service, from `userIdentity.type`: IAM users, the root user, SAML and
+/// Identity Center users are people; a role session is a workload unless its role
+/// is one of the `AWSReservedSSO_…` roles IAM Identity Center gives people.
+fn actor_type(kind: &str, issuer_arn: Option<&str>) -> ActorType {
+    match kind {
+        "IAMUser" | "Root" | "SAMLUser" | "IdentityCenterUser" => ActorType::Person,
+        "AssumedRole" | "FederatedUser" => {
+            if issuer_arn.is_some_and(|arn| {
+                arn.contains(":role/aws-reserved/sso.amazonaws.com/")
+                    || arn.contains("/AWSReservedSSO_")
+            }) {
+                ActorType::Person
+            } else {
+                ActorType::Service
+            }
+        }
+        "AWSService" | "WebIdentityUser" => ActorType::Service,
+        _ => ActorType::Unknown,
     }
 }
 
@@ -791,6 +819,7 @@ mod tests {
     fn assume_role_by_a_service_names_the_service() {
         // OTRF capture: EC2 assuming an instance role; the time is Logstash's `@timestamp`.
         let e = one(&record("ASIA5FLZVX4OK6HMTKWY"));
+        assert_eq!(e.actor.actor_type, ActorType::Service, "an AWS service");
         assert_eq!(e.category, Category::TokenIssuance);
         assert_eq!(e.issued_token_id.as_deref(), Some("ASIA5FLZVX4OK6HMTKWY"));
         assert_eq!(
@@ -805,6 +834,7 @@ mod tests {
     #[test]
     fn assumed_role_api_call_lists_principals_in_order() {
         let e = one(&record("394cf343-b9cf-48ce-8a94-e188656ae8ba"));
+        assert_eq!(e.actor.actor_type, ActorType::Service, "a role session");
         assert_eq!(e.category, Category::ApiCall);
         assert_eq!(e.activity, "DescribeInstances");
         assert_eq!(e.resource, None);
@@ -854,6 +884,7 @@ mod tests {
         assert_eq!(ok.category, Category::Authentication);
         assert_eq!(ok.class_uid, 3002);
         assert_eq!(ok.activity, "ConsoleLogin");
+        assert_eq!(ok.actor.actor_type, ActorType::Person, "an IAM user");
         assert_eq!(ok.outcome, Outcome::Success);
         assert_eq!(
             ok.actor.raw,

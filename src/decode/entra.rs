@@ -38,7 +38,7 @@ use serde_json::value::RawValue;
 
 use super::fields::opt_str;
 use super::{DecodeError, Format, parse_time};
-use crate::event::{Category, NormalizedEvent, Outcome, PrincipalKind, Product};
+use crate::event::{ActorType, Category, NormalizedEvent, Outcome, PrincipalKind, Product};
 
 const FORMAT: Format = Format::Entra;
 
@@ -335,6 +335,7 @@ fn event(
     let mut e = NormalizedEvent::new(time, Product::Entra, category, activity);
     match kind {
         Kind::ServicePrincipal => {
+            e.actor.actor_type = ActorType::Service;
             if let Some(v) = value(&s.app_id) {
                 e.actor.push(PrincipalKind::OauthClient, v);
             }
@@ -347,6 +348,7 @@ fn event(
             e.issued_token_id = value(&s.unique_token_identifier).map(str::to_string);
         }
         Kind::User => {
+            e.actor.actor_type = ActorType::Person;
             if let Some(v) = value(&s.user_principal_name) {
                 e.actor.push(PrincipalKind::User, v);
             }
@@ -430,6 +432,7 @@ mod tests {
         let records = samples(SIGN_INS);
         // Line 2: an interactive sign-in to Microsoft Graph through a custom app.
         let e = one(&records[1]);
+        assert_eq!(e.actor.actor_type, ActorType::Person);
         assert_eq!(e.category, Category::Authentication);
         assert_eq!(e.class_uid, 3002);
         assert_eq!(e.activity, "SignInLogs");
@@ -491,6 +494,7 @@ mod tests {
         let records = samples(SIGN_INS);
         // Line 1: client-credentials sign-in, lower-cased envelope keys.
         let e = one(&records[0]);
+        assert_eq!(e.actor.actor_type, ActorType::Service);
         assert_eq!(e.category, Category::TokenIssuance);
         assert_eq!(e.class_uid, 3002);
         assert_eq!(e.activity, "ServicePrincipalSignInLogs");

@@ -31,7 +31,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::fields::opt_str;
 use super::{DecodeError, Format, parse_time};
-use crate::event::{Category, NormalizedEvent, Outcome, PrincipalKind, Product};
+use crate::event::{ActorType, Category, NormalizedEvent, Outcome, PrincipalKind, Product};
 
 const FORMAT: Format = Format::Okta;
 
@@ -268,10 +268,17 @@ pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), Deco
                 e.actor.push(PrincipalKind::SourceIp, ip);
             }
         } else if is_client_type(kind) {
+            e.actor.actor_type = ActorType::Service;
             if let Some(id) = known(&actor.id) {
                 e.actor.push(PrincipalKind::OauthClient, id);
             }
         } else {
+            // Okta's `User` actors are people; a system principal says so in its type.
+            e.actor.actor_type = if kind.eq_ignore_ascii_case("user") {
+                ActorType::Person
+            } else {
+                ActorType::Unknown
+            };
             for value in [known(&actor.alternate_id), known(&actor.id)]
                 .into_iter()
                 .flatten()
@@ -390,6 +397,7 @@ mod tests {
     fn user_sign_in_fields() {
         // rule_tests line 2: an interactive sign-in to the Okta dashboard.
         let e = one(&samples(RULE_TESTS)[1]);
+        assert_eq!(e.actor.actor_type, ActorType::Person, "an Okta User actor");
         assert_eq!(e.category, Category::Authentication);
         assert_eq!(e.class_uid, 3002);
         assert_eq!(e.activity, "user.session.start");
@@ -435,6 +443,7 @@ mod tests {
         // rule_tests line 31: a public OAuth client asks for an authorization code;
         // Panther lower-cased `eventType`, `authenticationContext`, `debugContext`.
         let e = one(&samples(RULE_TESTS)[30]);
+        assert_eq!(e.actor.actor_type, ActorType::Service, "a client actor");
         assert_eq!(e.activity, "app.oauth2.authorize.code");
         // An authorization code is not a token: plain API activity.
         assert_eq!(e.category, Category::ApiCall);

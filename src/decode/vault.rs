@@ -35,7 +35,7 @@ use serde_json::value::RawValue;
 
 use super::fields::opt_str;
 use super::{DecodeError, Format, parse_time, truncate};
-use crate::event::{Category, NormalizedEvent, Outcome, PrincipalKind, Product};
+use crate::event::{ActorType, Category, NormalizedEvent, Outcome, PrincipalKind, Product};
 
 const FORMAT: Format = Format::Vault;
 
@@ -212,11 +212,17 @@ pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), Deco
 fn push_actor(event: &mut NormalizedEvent, auth: &Auth<'_>, with_accessor: bool) {
     let actor = &mut event.actor;
     if let Some(metadata) = &auth.metadata {
+        // A role (AppRole, Kubernetes, JWT) is a workload; a user name comes from a
+        // person's login method (userpass, LDAP, OIDC).
         if let Some(role) = text(&metadata.role_name) {
             actor.push(PrincipalKind::VaultRole, role);
+            actor.actor_type = ActorType::Service;
         }
         if let Some(user) = text(&metadata.username) {
             actor.push(PrincipalKind::User, user);
+            if actor.actor_type == ActorType::Unknown {
+                actor.actor_type = ActorType::Person;
+            }
         }
     }
     if let Some(entity) = text(&auth.entity_id) {
@@ -342,6 +348,7 @@ mod tests {
     #[test]
     fn login_response_issues_a_token() {
         let e = one(&line("response", &["86093ffd-00ec-4910-01de-0e24bb603551"]));
+        assert_eq!(e.actor.actor_type, ActorType::Service, "an AppRole login");
         assert_eq!(e.category, Category::TokenIssuance);
         assert_eq!(e.class_uid, 3002);
         assert_eq!(e.activity, "update auth/approle/login");
@@ -375,6 +382,7 @@ mod tests {
     #[test]
     fn userpass_login_names_the_user() {
         let e = one(&line("response", &["auth/userpass/login/lab-user-4"]));
+        assert_eq!(e.actor.actor_type, ActorType::Person, "a userpass login");
         assert_eq!(e.category, Category::TokenIssuance);
         assert_eq!(refs(&e)[0], (PrincipalKind::User, "lab-user-4"));
         assert_eq!(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::alert::Severity;
-use crate::event::{Category, IdentityStatus, NormalizedEvent, Product, SourceKind};
+use crate::event::{ActorType, Category, IdentityStatus, NormalizedEvent, Product, SourceKind};
 
 /// The detector kinds the engine implements; a file picks one and sets its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -48,6 +48,9 @@ pub struct Filter {
     pub products: Vec<Product>,
     #[serde(default)]
     pub sources: Vec<SourceKind>,
+    /// Actor types: person, service, unknown.
+    #[serde(default)]
+    pub actor_types: Vec<ActorType>,
 }
 
 impl Filter {
@@ -60,6 +63,7 @@ impl Filter {
             && (self.statuses.is_empty() || self.statuses.contains(&status))
             && (self.products.is_empty() || self.products.contains(&event.product))
             && (self.sources.is_empty() || self.sources.contains(&event.source_kind))
+            && (self.actor_types.is_empty() || self.actor_types.contains(&event.actor.actor_type))
     }
 }
 

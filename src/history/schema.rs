@@ -58,6 +58,7 @@ pub static EVENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
         s("app_id"),
         Field::new("actor_raw", DataType::Utf8, false),
         s("actor_kind"),
+        Field::new("actor_type", DataType::Utf8, false),
         s("token_id"),
         s("issued_token_id"),
         s("session_id"),
@@ -145,6 +146,7 @@ pub fn events_batch(rows: &[EventRow], raw_data: bool) -> Result<RecordBatch, Ar
         mut app_id,
         mut actor_raw,
         mut actor_kind,
+        mut actor_type,
         mut token_id,
         mut issued_token_id,
         mut session_id,
@@ -193,6 +195,7 @@ pub fn events_batch(rows: &[EventRow], raw_data: bool) -> Result<RecordBatch, Ar
         app_id.append_option(identity.and_then(|i| i.app_id.as_deref()));
         actor_raw.append_value(&e.actor.raw);
         actor_kind.append_option(e.actor.refs.first().map(|r| r.kind.as_str()));
+        actor_type.append_value(e.actor.actor_type.as_str());
         token_id.append_option(e.token_id.as_deref());
         issued_token_id.append_option(e.issued_token_id.as_deref());
         session_id.append_option(e.session_id.as_deref());
@@ -272,6 +275,7 @@ pub fn events_batch(rows: &[EventRow], raw_data: bool) -> Result<RecordBatch, Ar
         Arc::new(app_id.finish()),
         Arc::new(actor_raw.finish()),
         Arc::new(actor_kind.finish()),
+        Arc::new(actor_type.finish()),
         Arc::new(token_id.finish()),
         Arc::new(issued_token_id.finish()),
         Arc::new(session_id.finish()),

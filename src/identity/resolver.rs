@@ -94,6 +94,7 @@ impl Resolver {
     /// whose target (the role assumed) is registered belongs to that role's
     /// app, since the app is the one that receives the credential.
     pub fn resolve(&mut self, registry: &Registry, event: &mut NormalizedEvent) {
+        event.actor.classify();
         let mut resolved = None;
         if event.category == Category::TokenIssuance
             && let Some(target) = &event.target_principal

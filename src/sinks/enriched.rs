@@ -204,6 +204,8 @@ struct Ours<'a> {
     category: Category,
     source_kind: crate::event::SourceKind,
     product: Product,
+    /// Whether the actor is a person or a service (micro-apps are services).
+    actor_type: crate::event::ActorType,
     /// `None` only for events that never went through identity resolution.
     #[serde(skip_serializing_if = "Option::is_none")]
     identity: Option<&'a ResolvedIdentity>,
@@ -418,6 +420,7 @@ impl<'a> EnrichedEvent<'a> {
                     category: event.category,
                     source_kind: event.source_kind,
                     product: event.product,
+                    actor_type: event.actor.actor_type,
                     identity,
                     findings,
                     token_id: event.token_id.as_deref(),

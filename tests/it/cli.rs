@@ -277,3 +277,73 @@ signing_key = { env = "APPWARDEN_TEST_SURELY_UNSET_KEY" }
         "{stderr}"
     );
 }
+
+/// The vendor records (`log`) of every wrapped sample line of `path`, one per line.
+fn unwrapped(path: &str) -> String {
+    std::fs::read_to_string(fixture(path))
+        .expect("fixture")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let wrapper: serde_json::Value = serde_json::from_str(l).expect("JSON");
+            format!("{}\n", wrapper["log"])
+        })
+        .collect()
+}
+
+#[test]
+fn people_signing_in_are_not_unregistered_apps_but_their_admin_changes_alert() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let okta = dir.path().join("okta.ndjson");
+    let entra = dir.path().join("entra.ndjson");
+    std::fs::write(&okta, unwrapped("okta_systemlog/panther_rule_tests.ndjson")).expect("write");
+    std::fs::write(&entra, unwrapped("azure_signin/panther_rule_tests.ndjson")).expect("write");
+    let output = appwarden()
+        .arg("replay")
+        .arg("--dead-letter-out")
+        .arg(dir.path().join("dead.ndjson"))
+        .arg(&okta)
+        .arg(&entra)
+        .output()
+        .expect("appwarden runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let alerts: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("alert JSON"))
+        .collect();
+    let unregistered = |pick: &dyn Fn(&str, &str) -> bool| {
+        alerts
+            .iter()
+            .filter(|a| a["detector"] == "unregistered_identity")
+            .filter(|a| {
+                pick(
+                    a["identity"].as_str().unwrap_or(""),
+                    a["summary"].as_str().unwrap_or(""),
+                )
+            })
+            .count()
+    };
+    // `acting` says the identity is not in the registry; on people it is noise.
+    let people_acting = unregistered(&|id, summary| {
+        id.starts_with("user:") && summary.contains("not in the micro-app registry")
+    });
+    assert_eq!(people_acting, 0, "{alerts:#?}");
+    let people_admin = unregistered(&|id, summary| {
+        id.starts_with("user:") && summary.contains("outside the onboarding flow")
+    });
+    assert!(
+        people_admin >= 1,
+        "an employee granting privileges still alerts"
+    );
+    let services_acting = unregistered(&|id, summary| {
+        id.starts_with("oauth_client:") && summary.contains("not in the micro-app registry")
+    });
+    assert!(
+        services_acting >= 1,
+        "unregistered OAuth clients still alert"
+    );
+}

@@ -19,7 +19,7 @@
 //!   at or after it in the same bucket.
 //!
 //! `unregistered_reader` is emitted as soon as an identity whose status is
-//! unregistered reads a secret (once per bucket; the engine suppresses repeats),
+//! unregistered, and that is not a person, reads a secret (once per bucket; the engine suppresses repeats),
 //! raised one severity level.
 //!
 //! Every closed bucket updates the baseline (empty buckets between two active
@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::detect::alert::{EventRef, Evidence, Finding, sql_str};
 use crate::detect::spec::{DetectorSpec, SpecError};
 use crate::detect::{Context, Detector, IdentityMap, StateStore};
-use crate::event::{Category, IdentityStatus, NormalizedEvent};
+use crate::event::{ActorType, Category, IdentityStatus, NormalizedEvent};
 
 /// Events kept as samples per bucket.
 const MAX_SAMPLES: usize = 5;
@@ -483,10 +483,13 @@ impl Detector for SecretReads {
             .as_ref()
             .map_or("anonymous", |i| i.key.as_str());
         let app_id = event.identity.as_ref().and_then(|i| i.app_id.as_deref());
-        let unregistered = event
-            .identity
-            .as_ref()
-            .is_some_and(|i| i.status == IdentityStatus::Unregistered);
+        // People are not micro-apps: an employee reading a secret is not an
+        // unregistered app; their mass reads still count as anyone's.
+        let unregistered = event.actor.actor_type != ActorType::Person
+            && event
+                .identity
+                .as_ref()
+                .is_some_and(|i| i.status == IdentityStatus::Unregistered);
         let t = event.time.timestamp();
         let bucket = self.p.bucket_secs as i64;
         let start = t - t.rem_euclid(bucket);

@@ -5,8 +5,8 @@
 //! Three findings (variants), each suppressed per identity by the engine:
 //!
 //! - `acting`: an event of an unregistered identity whose primary principal
-//!   kind is not in `ignore_principal_kinds` and that is not an onboarding
-//!   principal. Raised one level when the event reads a secret or issues a
+//!   kind is not in `ignore_principal_kinds`, that is not an onboarding
+//!   principal, and that is not a person (unless `report_people`). Raised one level when the event reads a secret or issues a
 //!   token. Identity-admin events are judged by `outside_onboarding` instead,
 //!   so one event never gives both.
 //! - `outside_onboarding`: a successful (or undetermined) `identity_admin`
@@ -38,7 +38,8 @@ use crate::detect::alert::{EventRef, Evidence, Finding, sql_str};
 use crate::detect::spec::{DetectorSpec, SpecError};
 use crate::detect::{Context, Detector, IdentityMap, StateStore};
 use crate::event::{
-    Category, IdentityStatus, NormalizedEvent, Outcome, PrincipalKind, Product, ResolvedIdentity,
+    ActorType, Category, IdentityStatus, NormalizedEvent, Outcome, PrincipalKind, Product,
+    ResolvedIdentity,
 };
 
 /// Parameters of the kind (`[params]` of the detector file).
@@ -50,6 +51,12 @@ struct Params {
     /// address is not a service identity.
     #[serde(default = "default_ignore_principal_kinds")]
     ignore_principal_kinds: Vec<PrincipalKind>,
+    /// Whether people (actors of type `person`: employees signing in, IAM users)
+    /// missing from the registry are reported as `acting`. Default false: the
+    /// registry lists micro-apps, and people are context, not findings. Their
+    /// identity-admin changes outside onboarding alert either way.
+    #[serde(default)]
+    report_people: bool,
     /// Raw principal values of the onboarding flow (IaC role ARN, provisioning
     /// client id), compared exactly with every form of the actor. Their
     /// identity-admin changes are expected and they are not reported as
@@ -276,6 +283,9 @@ impl Unregistered {
             return;
         };
         if self.params.ignore_principal_kinds.contains(&primary.kind) || self.is_onboarding(event) {
+            return;
+        }
+        if event.actor.actor_type == ActorType::Person && !self.params.report_people {
             return;
         }
         let t = event.time;
@@ -880,6 +890,57 @@ apps:
         );
         assert_eq!(found[0].raise, 0);
         assert_eq!(found[0].app_id.as_deref(), Some("invoice-bot"));
+    }
+
+    #[test]
+    fn people_are_context_unless_asked_but_their_admin_changes_alert() {
+        let r = registry();
+        let person = |secs: i64, category: Category, activity: &str| {
+            let mut e = event(
+                secs,
+                Product::Okta,
+                category,
+                activity,
+                &[(PrincipalKind::User, "dana@example.com")],
+                &r,
+            );
+            e.actor.actor_type = ActorType::Person;
+            e.outcome = Outcome::Success;
+            e
+        };
+        let sign_in = person(0, Category::Authentication, "user.session.start");
+        let mut secret = person(60, Category::SecretRead, "GetSecretValue");
+        secret.resource = Some("prod/db".into());
+        let admin = person(120, Category::IdentityAdmin, "application.lifecycle.create");
+
+        let spec = spec();
+        let mut d = build(&spec, 100).unwrap();
+        let found = drive(
+            d.as_mut(),
+            &spec,
+            &r,
+            &[sign_in.clone(), secret.clone(), admin.clone()],
+        );
+        assert_eq!(
+            variants(&found),
+            vec![("outside_onboarding", "user:dana@example.com")],
+            "a person's sign-in and reads are not `acting`; the app they created outside onboarding is"
+        );
+
+        let mut spec = spec.clone();
+        spec.params
+            .insert("report_people".into(), toml::Value::Boolean(true));
+        let mut d = build(&spec, 100).unwrap();
+        let found = drive(d.as_mut(), &spec, &r, &[sign_in, secret, admin]);
+        assert_eq!(
+            variants(&found),
+            vec![
+                ("acting", "user:dana@example.com"),
+                ("acting", "user:dana@example.com"),
+                ("outside_onboarding", "user:dana@example.com"),
+            ],
+            "report_people reports them as before (the read escalates)"
+        );
     }
 
     #[test]
