@@ -130,7 +130,12 @@ struct ReplayArgs {
     /// settings, else appwarden-deadletter.ndjson).
     #[arg(long)]
     dead_letter_out: Option<PathBuf>,
-    /// Input files.
+    /// Events each input holds in its reorder buffer. The inputs are merged by event
+    /// time, so one export per source gives the alerts of one time-ordered file; an
+    /// event further out of place than this within its own file arrives late.
+    #[arg(long, default_value_t = file::DEFAULT_REORDER_EVENTS)]
+    reorder_events: usize,
+    /// Input files (one per source is fine: they are merged by event time).
     #[arg(required = true)]
     inputs: Vec<String>,
 }
@@ -238,6 +243,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         &args.inputs,
         args.format,
         &options,
+        args.reorder_events,
         &mut pipeline,
         &mut engine,
         &mut outputs,

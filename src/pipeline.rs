@@ -170,6 +170,36 @@ impl Pipeline {
         origin: Origin,
         out: &mut Vec<NormalizedEvent>,
     ) -> Result<usize, Box<DeadLetter>> {
+        let start = out.len();
+        let added = self.decode(format, options, payload, origin, out)?;
+        self.resolve(&mut out[start..]);
+        Ok(added)
+    }
+
+    /// Resolves the identities of decoded events, in the order given: identity
+    /// resolution learns issued credentials, so it must see events in stream order.
+    pub fn resolve(&mut self, events: &mut [NormalizedEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let registry = self.registry.snapshot();
+        for event in events {
+            self.resolver.resolve(&registry, event);
+            self.stats.event(event);
+        }
+    }
+
+    /// The first half of [`Pipeline::process`]: decodes one record into `out`
+    /// (stamped with the read time and origin, identities not yet resolved), or
+    /// returns its dead letter. `replay` decodes ahead and resolves in event-time order.
+    pub fn decode(
+        &mut self,
+        format: Format,
+        options: &DecodeOptions,
+        payload: &[u8],
+        origin: Origin,
+        out: &mut Vec<NormalizedEvent>,
+    ) -> Result<usize, Box<DeadLetter>> {
         self.stats.record();
         let start = out.len();
         let decoded = if payload.len() > self.max_record_bytes {
@@ -228,12 +258,9 @@ impl Pipeline {
             return Ok(0);
         }
         NormalizedEvent::keep_raw(&mut out[start..], payload);
-        let registry = self.registry.snapshot();
         for event in &mut out[start..] {
             event.observed_time = observed;
             event.origin = Some(origin.clone());
-            self.resolver.resolve(&registry, event);
-            self.stats.event(event);
         }
         Ok(added)
     }

@@ -415,6 +415,9 @@ pub struct Engine {
     sources: Vec<(String, DateTime<Utc>)>,
     /// Never moves back.
     watermark: Option<DateTime<Utc>>,
+    /// Events read from files count as one source (a replay merges its inputs by
+    /// event time before the engine sees them).
+    files_as_one_stream: bool,
     stats: Arc<EngineStats>,
 }
 
@@ -504,6 +507,7 @@ impl Engine {
             max_time: None,
             sources: Vec::new(),
             watermark: None,
+            files_as_one_stream: false,
             stats,
         })
     }
@@ -533,12 +537,21 @@ impl Engine {
             .retain(|(key, _)| !source_matches(key, Some(&origin)));
     }
 
+    /// Counts every file as part of one source: the caller merges its files by
+    /// event time, so the watermark follows the merged stream, not the slowest file.
+    pub fn read_files_as_one_stream(&mut self) {
+        self.files_as_one_stream = true;
+    }
+
     /// Notes an event's time for its source and moves the watermark (never back).
     fn observe_time(&mut self, event: &NormalizedEvent) {
         if self.max_time.is_none_or(|m| event.time > m) {
             self.max_time = Some(event.time);
         }
-        let origin = event.origin.as_ref();
+        let origin = match event.origin.as_ref() {
+            Some(Origin::File { .. }) if self.files_as_one_stream => None,
+            origin => origin,
+        };
         match self
             .sources
             .iter_mut()

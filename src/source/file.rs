@@ -7,6 +7,8 @@
 //! is one dead letter); `{` spanning lines → the document is one record;
 //! anything else → one record per line.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -230,43 +232,161 @@ pub fn progress_bar() -> ProgressBar {
     bar
 }
 
-/// Records per detector batch in a replay. Fixed, so a replay is deterministic.
+/// Events per detector batch in a replay. Fixed, so a replay is deterministic.
 const REPLAY_BATCH: usize = 1000;
+
+/// Events each input may hold in its reorder buffer by default (see [`replay`]).
+pub const DEFAULT_REORDER_EVENTS: usize = 10_000;
+
+/// A decoded event waiting in an input's reorder buffer. Ordered by event time,
+/// then by a hash of its vendor record (so that ties do not depend on which file
+/// or position a record came from), then by its place within its record.
+struct Waiting {
+    time: chrono::DateTime<chrono::Utc>,
+    record_hash: u64,
+    index: u32,
+    event: NormalizedEvent,
+}
+
+impl Waiting {
+    fn key(&self) -> (chrono::DateTime<chrono::Utc>, u64, u32) {
+        (self.time, self.record_hash, self.index)
+    }
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Waiting {}
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// FNV-1a of a record's bytes: a tie-break that depends on the record alone.
+fn record_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One input of a replay: its reader and a min-heap of decoded events.
+struct OrderedInput {
+    path: String,
+    reader: RecordReader,
+    waiting: BinaryHeap<Reverse<Waiting>>,
+    exhausted: bool,
+}
+
+impl OrderedInput {
+    /// Reads records until `capacity` events wait or the input ends; records that
+    /// cannot be decoded go to the dead letters at once.
+    async fn fill(
+        &mut self,
+        capacity: usize,
+        format: Format,
+        options: &DecodeOptions,
+        pipeline: &mut Pipeline,
+        outputs: &mut Outputs,
+        decoded: &mut Vec<NormalizedEvent>,
+    ) -> Result<(), FileSourceError> {
+        while !self.exhausted && self.waiting.len() < capacity {
+            let Some((record, line)) = self.reader.next_record()? else {
+                self.exhausted = true;
+                break;
+            };
+            let origin = Origin::File {
+                path: self.path.clone(),
+                line,
+            };
+            decoded.clear();
+            match pipeline.decode(format, options, record, origin, decoded) {
+                Ok(_) => {
+                    let hash = record_hash(record);
+                    for (index, event) in decoded.drain(..).enumerate() {
+                        self.waiting.push(Reverse(Waiting {
+                            time: event.time,
+                            record_hash: hash,
+                            index: index as u32,
+                            event,
+                        }));
+                    }
+                }
+                Err(letter) => outputs.dead_letter(&letter).await?,
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Replays files through the pipeline and the detectors into `outputs`; at the
 /// end every open window is closed.
+///
+/// The inputs are merged by event time (a k-way merge), each through a reorder
+/// buffer of `reorder_events` events, so that the same records give the same
+/// alerts however they are split into files and in whatever order the files are
+/// named: one export per source is read as one time-ordered stream. Identities
+/// are resolved in that merged order, and the engine sees the merged stream as
+/// one source. Within an input, an event more than `reorder_events` events out
+/// of place arrives late, as it would on a live stream.
 pub async fn replay(
     inputs: &[String],
     format: Format,
     options: &DecodeOptions,
+    reorder_events: usize,
     pipeline: &mut Pipeline,
     engine: &mut Engine,
     outputs: &mut Outputs,
 ) -> Result<(), FileSourceError> {
     let progress = progress_bar();
-    let mut events: Vec<NormalizedEvent> = Vec::new();
-    let mut batch: Vec<Arc<NormalizedEvent>> = Vec::new();
-    let mut records = 0usize;
+    let capacity = reorder_events.max(1);
+    engine.read_files_as_one_stream();
+    let mut ordered = Vec::with_capacity(inputs.len());
     for input in inputs {
-        progress.set_message(input.clone());
-        let mut reader = RecordReader::open(input, &progress)?;
-        loop {
-            let Some((record, line)) = reader.next_record()? else {
-                break;
-            };
-            let origin = Origin::File {
-                path: input.clone(),
-                line,
-            };
-            events.clear();
-            match pipeline.process(format, options, record, origin, &mut events) {
-                Ok(_) => batch.extend(events.drain(..).map(Arc::new)),
-                Err(letter) => outputs.dead_letter(&letter).await?,
-            }
-            records += 1;
-            if records.is_multiple_of(REPLAY_BATCH) {
-                detect(pipeline, engine, outputs, &mut batch).await?;
-            }
+        ordered.push(OrderedInput {
+            path: input.clone(),
+            reader: RecordReader::open(input, &progress)?,
+            waiting: BinaryHeap::new(),
+            exhausted: false,
+        });
+    }
+    progress.set_message(match inputs {
+        [one] => one.clone(),
+        _ => format!("{} inputs, merged by event time", inputs.len()),
+    });
+    let mut decoded: Vec<NormalizedEvent> = Vec::new();
+    let mut batch: Vec<Arc<NormalizedEvent>> = Vec::new();
+    loop {
+        for input in &mut ordered {
+            input
+                .fill(capacity, format, options, pipeline, outputs, &mut decoded)
+                .await?;
+        }
+        let next = ordered
+            .iter()
+            .enumerate()
+            .filter_map(|(i, input)| input.waiting.peek().map(|Reverse(w)| (w.key(), i)))
+            .min();
+        let Some((_, i)) = next else {
+            break;
+        };
+        let Some(Reverse(waiting)) = ordered[i].waiting.pop() else {
+            break;
+        };
+        let mut event = [waiting.event];
+        pipeline.resolve(&mut event);
+        let [event] = event;
+        batch.push(Arc::new(event));
+        if batch.len() >= REPLAY_BATCH {
+            detect(pipeline, engine, outputs, &mut batch).await?;
         }
     }
     detect(pipeline, engine, outputs, &mut batch).await?;
