@@ -19,6 +19,10 @@
 //! - `region_mismatch`: a token issued (a `token_issuance` event with
 //!   `issued_token_id`) in region A and then used (`token_id`) in region B ≠ A.
 //!   Severity +1.
+//! - `gateway_off_region`: an authenticated API-gateway request (its caller is a
+//!   gateway consumer: Kong consumer, mesh peer identity) from a region where none
+//!   of the identity's live tokens was issued. A gateway call names no token, so
+//!   it is compared with all of them. Severity +1.
 //! - `outside_allowed`: an event of a registered app from a region not in its
 //!   `allowed_regions` (apps without the list are not checked).
 //! - `impossible_travel`: a use after another located event of the identity, faster
@@ -47,7 +51,7 @@ use serde_json::{Map, json};
 use crate::detect::alert::{EventRef, Evidence, Finding, sql_str};
 use crate::detect::spec::{DetectorSpec, SpecError};
 use crate::detect::{Context, Detector, IdentityMap, StateStore};
-use crate::event::{Category, IdentityStatus, NormalizedEvent};
+use crate::event::{Category, IdentityStatus, NormalizedEvent, PrincipalKind};
 use crate::identity::App;
 
 // ---------------------------------------------------------------------------
@@ -852,6 +856,64 @@ impl Params {
         }
     }
 
+    /// A gateway call from a region where none of the identity's live tokens was issued.
+    fn gateway_away_from_issuance(
+        &self,
+        event: &NormalizedEvent,
+        who: &Who<'_>,
+        latest: &Issued,
+        place: &Place,
+    ) -> Finding {
+        let distance = latest
+            .r
+            .coords()
+            .zip(place.coords)
+            .map(|(a, b)| distance_km(a, b));
+        let score = 75.0 + distance.map_or(0.0, |d| 20.0 * (d / 10_000.0).min(1.0));
+        let mut details = Map::new();
+        details.insert("issued_at".into(), json!(latest.t));
+        details.insert("issued_region".into(), json!(latest.r.name()));
+        details.insert("issue_ip".into(), json!(latest.ip.map(|ip| ip.to_string())));
+        details.insert("src_ip".into(), json!(event.src_ip));
+        details.insert("observed_country".into(), json!(place.region.country()));
+        details.insert("region_source".into(), json!(place.source.as_str()));
+        details.insert("dst_host".into(), json!(event.dst_host));
+        if let Some(d) = distance {
+            details.insert("distance_km".into(), json!(d.round()));
+        }
+        let away = distance.map_or(String::new(), |d| format!(", {d:.0} km away"));
+        Finding {
+            identity: who.key.to_string(),
+            app_id: who.app_id(),
+            score,
+            window_start: latest.t.min(event.time),
+            window_end: window_end(latest.t.max(event.time)),
+            summary: format!(
+                "{who} called through the API gateway ({} {}) from {} at {}; its live tokens were \
+                 issued in {} (latest at {}){away}.",
+                event.product.as_str(),
+                event.activity,
+                place.region.describe(),
+                rfc3339(event.time),
+                latest.r.describe(),
+                rfc3339(latest.t),
+            ),
+            evidence: Evidence {
+                observed: json!(place.region.name()),
+                baseline: json!(latest.r.name()),
+                details,
+                samples: vec![issue_ref(latest), EventRef::of(event)],
+            },
+            sql_filter: format!(
+                "category IN ({}, {})",
+                sql_str(Category::TokenIssuance.as_str()),
+                sql_str(Category::EgressRequest.as_str())
+            ),
+            raise: 1,
+            variant: "gateway_off_region",
+        }
+    }
+
     fn outside_allowed(
         &self,
         event: &NormalizedEvent,
@@ -1034,6 +1096,15 @@ impl Detector for TokenRegion {
         if identity.status == IdentityStatus::Anonymous {
             return;
         }
+        // A gateway request is a use of the app's credential when the gateway
+        // authenticated its caller (a Kong consumer, a mesh peer identity); a
+        // request known only by its address says nothing about a credential.
+        let gateway_use = event.category == Category::EgressRequest;
+        if gateway_use
+            && event.actor.refs.first().map(|r| r.kind) != Some(PrincipalKind::GatewayConsumer)
+        {
+            return;
+        }
         // Nothing can be said, or remembered, about an event that cannot be placed.
         let Some(place) = self.locator.locate(event) else {
             return;
@@ -1067,6 +1138,20 @@ impl Detector for TokenRegion {
             && !params.exempt(app, &issued.r, &place.region)
         {
             finding = Some(params.region_mismatch(event, &who, token, issued, &place));
+        }
+        // A gateway call names no token, so it is compared with every token of the
+        // identity still alive: used from none of the regions they were issued in.
+        if finding.is_none()
+            && gateway_use
+            && issued.is_none()
+            && let Some(latest) = state.tokens.back()
+            && state
+                .tokens
+                .iter()
+                .all(|i| i.r.differs(&place.region) == Some(true))
+            && !params.exempt(app, &latest.r, &place.region)
+        {
+            finding = Some(params.gateway_away_from_issuance(event, &who, latest, &place));
         }
         if finding.is_none()
             && let Some(app) = app
@@ -1299,12 +1384,66 @@ apps:
         e
     }
 
+    fn gateway_call(app: &str, secs: i64, consumer: Option<&str>, ip: &str) -> NormalizedEvent {
+        let mut e = event(app, secs, Product::Kong, Category::EgressRequest, "GET");
+        if let Some(consumer) = consumer {
+            e.actor.push(PrincipalKind::GatewayConsumer, consumer);
+        }
+        e.actor.push(PrincipalKind::SourceIp, ip);
+        e.src_ip = Some(ip.to_string());
+        e.dst_host = Some("api.partner.example".into());
+        e
+    }
+
+    #[test]
+    fn gateway_calls_are_credential_uses_checked_against_where_tokens_were_issued() {
+        let spec =
+            spec_with(|p| cidr_map(p, &[("198.51.100.0/24", "US"), ("203.0.113.0/24", "AU")]));
+        let mut h = Harness::new(spec);
+        // Tokens issued at home (US); the app's consumer calls from home, then from AU for 30 minutes.
+        assert!(
+            h.feed(&okta_token("free-bot", 0, None, Some("US")))
+                .is_empty()
+        );
+        let home = gateway_call("free-bot", 60, Some("free-bot"), "198.51.100.7");
+        assert!(
+            h.feed(&home).is_empty(),
+            "a call from where the token was issued"
+        );
+        let away: Vec<NormalizedEvent> = (0..30)
+            .map(|m| gateway_call("free-bot", 600 + m * 60, Some("free-bot"), "203.0.113.9"))
+            .collect();
+        let found = h.feed_all(&away);
+        assert!(!found.is_empty(), "30 minutes of calls from AU raise it");
+        assert!(
+            found.iter().all(|f| f.variant == "gateway_off_region"),
+            "{:?}",
+            variants(&found)
+        );
+        let f = &found[0];
+        assert_eq!(f.raise, 1);
+        assert_eq!(f.evidence.baseline, json!("US"));
+        assert_eq!(f.evidence.observed, json!("AU"));
+        assert!(f.summary.contains("API gateway"), "{}", f.summary);
+
+        // A request known only by its address is no credential use.
+        let mut h = Harness::new(spec_with(|p| cidr_map(p, &[("203.0.113.0/24", "AU")])));
+        assert!(
+            h.feed(&okta_token("free-bot", 0, None, Some("US")))
+                .is_empty()
+        );
+        assert!(
+            h.feed(&gateway_call("free-bot", 600, None, "203.0.113.9"))
+                .is_empty()
+        );
+    }
+
     #[test]
     fn default_file_parses_with_the_documented_filter() {
         let spec = default_spec();
         assert_eq!(spec.kind, crate::detect::Kind::TokenRegion);
-        assert_eq!(spec.filter.categories.len(), 5);
-        assert!(!spec.filter.categories.contains(&Category::EgressRequest));
+        assert_eq!(spec.filter.categories.len(), 6);
+        assert!(spec.filter.categories.contains(&Category::EgressRequest));
         assert_eq!(
             spec.filter.statuses,
             vec![IdentityStatus::Registered, IdentityStatus::Unregistered]
