@@ -14,8 +14,13 @@
 //!   (quiet) weekend is not compared with the weekend.
 //!
 //! A bucket alerts when all of: `count >= min_count`, `count >= min_ratio ×
-//! expected`, and the Poisson z-score `(count − expected) / √max(expected, 1)`
-//! is at least `min_z` — and the identity is past its learning period. Every
+//! expected`, the Poisson z-score `(count − expected) / √max(expected, 1)`
+//! is at least `min_z`, and `count > peak_margin ×` the identity's own peak
+//! around that hour — and the identity is past its learning period. The peak
+//! is the busiest bucket the identity had in that UTC hour or the hours either
+//! side, decayed by `peak_decay_per_day`: the hour's EWMA averages a
+//! five-minute nightly burst away, its peak remembers it, so a job that runs
+//! at the same time every day (or week) is normal once it has been seen. Every
 //! closed bucket updates the baseline; buckets past the thresholds contribute
 //! at most `min_ratio × max(expected, 1)`, so one spike does not become the new
 //! normal. Empty buckets between two active ones count as zeros (at most one
@@ -67,6 +72,23 @@ pub struct Params {
     /// Buckets an identity must have seen before the overall fallback may be used.
     #[serde(default = "default_min_history_buckets")]
     pub min_history_buckets: u32,
+    /// A bucket alerts only above this multiple of the identity's own peak bucket
+    /// at that time of day (the busiest bucket it had in that UTC hour or the hours
+    /// either side, decayed by `peak_decay_per_day`), so a job that bursts at the
+    /// same time every day is normal once seen. 0 turns the peak check off.
+    #[serde(default = "default_peak_margin")]
+    pub peak_margin: f64,
+    /// Factor a remembered peak keeps per day (0–1]: 0.95 halves it in about two
+    /// weeks, so a weekly job's peak is still there a week later.
+    #[serde(default = "default_peak_decay_per_day")]
+    pub peak_decay_per_day: f64,
+}
+
+fn default_peak_margin() -> f64 {
+    1.5
+}
+fn default_peak_decay_per_day() -> f64 {
+    0.95
 }
 
 fn default_bucket_secs() -> u64 {
@@ -125,6 +147,12 @@ impl Params {
         if self.min_history_buckets == 0 {
             return Err(spec.error("params.min_history_buckets", "must be at least 1"));
         }
+        if !self.peak_margin.is_finite() || self.peak_margin < 0.0 {
+            return Err(spec.error("params.peak_margin", "must be a number, 0 or more"));
+        }
+        if !(self.peak_decay_per_day > 0.0 && self.peak_decay_per_day <= 1.0) {
+            return Err(spec.error("params.peak_decay_per_day", "must be above 0 and at most 1"));
+        }
         Ok(())
     }
 }
@@ -159,6 +187,9 @@ struct State {
     /// Start of the last evaluated bucket, epoch seconds.
     last_closed: Option<i64>,
     open: Option<OpenBucket>,
+    /// Busiest bucket per UTC hour of day, decayed per bucket learned in that hour.
+    #[serde(default)]
+    hour_peak: [f32; 24],
 }
 
 /// Weekday (0) or weekend (1), and UTC hour, of an epoch second.
@@ -225,6 +256,24 @@ impl State {
         None
     }
 
+    /// The identity's own peak around `hour`: that hour and the ones either side,
+    /// so a job that starts a few minutes earlier or later is still recognised.
+    fn peak_near(&self, hour: usize) -> f64 {
+        [(hour + 23) % 24, hour, (hour + 1) % 24]
+            .iter()
+            .map(|h| self.hour_peak[*h] as f64)
+            .fold(0.0, f64::max)
+    }
+
+    /// Remembers a closed bucket's full count as the peak of its hour (decayed first).
+    fn learn_peak(&mut self, p: &Params, start: i64, count: f64) {
+        let (_, hour) = slot_of(start);
+        let buckets_per_day_in_hour = (3600 / p.bucket_secs).max(1) as f64;
+        let decay = p.peak_decay_per_day.powf(1.0 / buckets_per_day_in_hour);
+        let peak = &mut self.hour_peak[hour];
+        *peak = ((*peak as f64 * decay).max(count)) as f32;
+    }
+
     /// Adds one closed bucket's count to the baseline.
     fn learn(&mut self, p: &Params, start: i64, value: f64) {
         let (day, hour) = slot_of(start);
@@ -249,6 +298,7 @@ impl State {
         let mut start = first - first.rem_euclid(bucket);
         while start < next_start {
             self.learn(p, start, 0.0);
+            self.learn_peak(p, start, 0.0);
             start += bucket;
         }
     }
@@ -302,9 +352,13 @@ fn close(
     let (day, hour) = slot_of(open.start);
     let end = open.start + p.bucket_secs as i64;
     let mut value = count;
+    let peak = state.peak_near(hour);
     if let Some((expected, source)) = state.expected(p, day, hour) {
         let z = (count - expected) / expected.max(1.0).sqrt();
-        let spike = open.count >= p.min_count && count >= p.min_ratio * expected && z >= p.min_z;
+        let spike = open.count >= p.min_count
+            && count >= p.min_ratio * expected
+            && z >= p.min_z
+            && count > p.peak_margin * peak;
         if spike {
             value = count.min(p.min_ratio * expected.max(1.0));
             let first_seen = epoch(state.first_seen.unwrap_or(open.start));
@@ -316,6 +370,9 @@ fn close(
         }
     }
     state.learn(p, open.start, value);
+    // The peak keeps what really happened: a burst seen at this hour before is the
+    // identity's own habit the next time.
+    state.learn_peak(p, open.start, count);
     state.last_closed = Some(open.start);
 }
 
@@ -366,6 +423,8 @@ fn finding(
         "min_count": p.min_count,
         "min_ratio": p.min_ratio,
         "min_z": p.min_z,
+        "own_peak_near_hour": round2(state.peak_near(hour)),
+        "peak_margin": p.peak_margin,
     });
     Finding {
         identity: key.to_string(),
@@ -607,6 +666,60 @@ apps:
     /// Seven days from Monday, then the next Monday (after a quiet weekend) until 18:00.
     fn week_of(driver: &mut Driver, burst_app: Option<&'static str>) -> DateTime<Utc> {
         traffic(driver, monday(), burst_app)
+    }
+
+    #[test]
+    fn a_nightly_job_is_normal_once_seen_and_a_burst_at_another_hour_still_alerts() {
+        let mut driver = Driver::new(spec(), registry());
+        let mut rng = Rng::new(3);
+        let mut events = Vec::new();
+        let days = 8;
+        for minute in 0..days * 24 * 60 {
+            let t0 = monday() + Duration::minutes(minute);
+            for _ in 0..rng.poisson(40.0 / 60.0 * diurnal(t0)) {
+                let t = t0 + Duration::milliseconds(rng.below(60_000) as i64);
+                events.push(event(t, "ops-sync", Category::ApiCall));
+            }
+        }
+        // The batch job: 120 calls within four minutes from 02:01 every night
+        // (the first night falls in the learning period), a little later each night.
+        for day in 0..days {
+            let start =
+                monday() + Duration::days(day) + Duration::hours(2) + Duration::minutes(1 + day);
+            for k in 0..120 {
+                events.push(event(
+                    start + Duration::seconds(2 * k),
+                    "ops-sync",
+                    Category::ApiCall,
+                ));
+            }
+        }
+        // The same volume at 14:00 on day 6: never seen at that time.
+        let odd = monday() + Duration::days(6) + Duration::hours(14);
+        for k in 0..120 {
+            events.push(event(
+                odd + Duration::seconds(2 * k),
+                "ops-sync",
+                Category::ApiCall,
+            ));
+        }
+        events.sort_by_key(|e| e.time);
+        for e in &events {
+            driver.feed(e);
+        }
+        driver.finish();
+        let windows: Vec<DateTime<Utc>> = driver.findings.iter().map(|f| f.window_start).collect();
+        assert_eq!(
+            windows,
+            [odd],
+            "only the burst at an unusual hour: {windows:?}"
+        );
+        let f = &driver.findings[0];
+        assert!(
+            f.evidence.details["own_peak_near_hour"].as_f64().unwrap() < 40.0,
+            "{:?}",
+            f.evidence.details
+        );
     }
 
     #[test]

@@ -9,14 +9,18 @@
 //! the watermark passes the bucket's end (or the identity's next event falls in
 //! a newer bucket) it yields at most one finding per variant:
 //!
-//! - `absolute`: distinct secrets ≥ `max_distinct`, learning or not;
+//! - `absolute`: ≥ `max_distinct` distinct secrets the identity never read in
+//!   an earlier bucket (its known set, the last `max_known_secrets` it read),
+//!   learning or not: a first-ever mass read alerts at once, a nightly job
+//!   reading its usual set again does not;
 //! - `baseline`: after the learning period and `min_history_buckets` buckets,
-//!   distinct ≥ `min_distinct`, ≥ `baseline_factor` × the identity's EWMA of
-//!   distinct secrets per bucket, and more than the most it read in any earlier
-//!   bucket (so a periodic job reading its dozen secrets is learned). Not
+//!   secrets never read before ≥ `min_distinct` and ≥ `baseline_factor` × the
+//!   identity's EWMA of distinct secrets per bucket, and distinct secrets more
+//!   than the most it read in any earlier bucket (so a periodic job reading its
+//!   usual set is learned). Not
 //!   emitted when `absolute` is;
-//! - `enumeration`: a listing, then ≥ `enumeration_min_reads` secrets first read
-//!   at or after it in the same bucket.
+//! - `enumeration`: a listing, then ≥ `enumeration_min_reads` secrets, never read
+//!   by the identity before, first read at or after it in the same bucket.
 //!
 //! `unregistered_reader` is emitted as soon as an identity whose status is
 //! unregistered, and that is not a person, reads a secret (once per bucket; the engine suppresses repeats),
@@ -31,7 +35,7 @@
 //! engine's allowed lateness once a newer bucket has opened) is counted in the
 //! open bucket rather than lost.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -74,6 +78,15 @@ pub struct Params {
     /// Buckets an identity must have seen before its baseline may alert.
     #[serde(default = "default_min_history_buckets")]
     pub min_history_buckets: u32,
+    /// Secrets remembered per identity as ones it has read before (oldest forgotten
+    /// first). `absolute` and `enumeration` count only secrets outside this set, so
+    /// a job reading its usual set again is not a mass read; 0 turns this off.
+    #[serde(default = "default_max_known_secrets")]
+    pub max_known_secrets: u32,
+}
+
+fn default_max_known_secrets() -> u32 {
+    512
 }
 
 fn default_bucket_secs() -> u64 {
@@ -135,6 +148,9 @@ impl Params {
         if !(self.baseline_alpha > 0.0 && self.baseline_alpha <= 1.0) {
             return Err(spec.error("params.baseline_alpha", "must be above 0 and at most 1"));
         }
+        if self.max_known_secrets > 100_000 {
+            return Err(spec.error("params.max_known_secrets", "must be at most 100000"));
+        }
         Ok(())
     }
 }
@@ -181,6 +197,16 @@ struct State {
     /// Start of the last evaluated bucket, epoch seconds.
     last_closed: Option<i64>,
     open: Option<OpenBucket>,
+    /// Hashes of the secrets read in earlier buckets, oldest first.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    known: VecDeque<u64>,
+}
+
+/// FNV-1a of a secret name: what the known set keeps (8 bytes a secret).
+fn secret_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// EWMA step whose weight starts at 1/(n+1) (a plain mean) until it reaches `alpha`.
@@ -189,7 +215,31 @@ fn ewma_step(ewma: f32, n: u32, alpha: f64, value: f64) -> f32 {
     (ewma as f64 + weight * (value - ewma as f64)) as f32
 }
 
+/// Whether `name` is among the `known` secret hashes.
+fn knows(known: &VecDeque<u64>, name: &str) -> bool {
+    !known.is_empty() && known.contains(&secret_hash(name))
+}
+
 impl State {
+    /// Remembers the secrets of a closed bucket as known, within `max_known_secrets`.
+    fn remember(&mut self, p: &Params, names: &BTreeSet<String>) {
+        let cap = p.max_known_secrets as usize;
+        if cap == 0 {
+            return;
+        }
+        for name in names {
+            let h = secret_hash(name);
+            if let Some(i) = self.known.iter().position(|k| *k == h) {
+                // Read again: it moves to the young end.
+                self.known.remove(i);
+            }
+            while self.known.len() >= cap {
+                self.known.pop_front();
+            }
+            self.known.push_back(h);
+        }
+    }
+
     fn learn(&mut self, p: &Params, value: f64) {
         self.ewma_distinct = ewma_step(
             self.ewma_distinct,
@@ -286,6 +336,13 @@ fn close(
     out: &mut Vec<Finding>,
 ) {
     let distinct = open.secrets.len() as u32;
+    // Secrets the identity never read in an earlier bucket: a thief reads other
+    // apps' secrets, a rotation job reads the same set every night.
+    let new_distinct = open
+        .secrets
+        .iter()
+        .filter(|s| !knows(&state.known, s))
+        .count() as u32;
     let start = epoch(open.start);
     let end = epoch(open.start + p.bucket_secs as i64);
     let first_seen = epoch(state.first_seen.unwrap_or(open.start));
@@ -299,6 +356,7 @@ fn close(
         "bucket_secs": p.bucket_secs,
         "reads": open.reads,
         "distinct": distinct,
+        "never_read_before": new_distinct,
         "distinct_capped": open.capped,
         "listings": open.lists,
         "read_after_listing": open.read_after_list,
@@ -344,16 +402,17 @@ fn close(
         format!("category = {}", sql_str(Category::SecretRead.as_str()))
     };
     let mut emitted = false;
-    let absolute = distinct >= p.max_distinct;
+    let absolute = new_distinct >= p.max_distinct;
     if absolute {
         out.push(finding(
             "absolute",
             format!(
-                "{who} read{more} {distinct} distinct secrets ({} reads) in the {span} from {when}; \
-                 the limit is {} per {span} (its usual is {usual:.1}).",
+                "{who} read{more} {distinct} distinct secrets ({} reads, {new_distinct} never read by it \
+                 before) in the {span} from {when}; the limit is {} new secrets per {span} (its usual is \
+                 {usual:.1}).",
                 open.reads, p.max_distinct
             ),
-            distinct,
+            new_distinct,
             serde_json::json!(p.max_distinct),
             score(distinct as f64, p.max_distinct as f64),
             reads_only.clone(),
@@ -362,15 +421,20 @@ fn close(
         emitted = true;
     }
     let threshold = (p.baseline_factor * usual).max(p.min_distinct as f64);
-    if !absolute && mature && distinct as f64 >= threshold && distinct > state.max_distinct_seen {
+    if !absolute
+        && mature
+        && new_distinct as f64 >= threshold
+        && distinct > state.max_distinct_seen
+    {
         out.push(finding(
             "baseline",
             format!(
-                "{who} read{more} {distinct} distinct secrets in the {span} from {when}, against a usual \
-                 {usual:.1} per {span} and at most {} in any earlier {span}.",
+                "{who} read{more} {distinct} distinct secrets ({new_distinct} never read by it before) in \
+                 the {span} from {when}, against a usual {usual:.1} per {span} and at most {} in any \
+                 earlier {span}.",
                 state.max_distinct_seen
             ),
-            distinct,
+            new_distinct,
             serde_json::json!(round2(usual)),
             score(distinct as f64, threshold.max(state.max_distinct_seen as f64 + 1.0)),
             reads_only.clone(),
@@ -415,6 +479,7 @@ fn close(
         state.learn(p, distinct as f64);
         state.max_distinct_seen = state.max_distinct_seen.max(distinct);
     }
+    state.remember(p, &open.secrets);
     state.last_closed = Some(open.start);
 }
 
@@ -551,7 +616,7 @@ impl Detector for SecretReads {
             if open.secrets.len() < self.p.max_secrets_per_bucket as usize {
                 open.secrets.insert(name.to_string());
                 new = true;
-                if after_list {
+                if after_list && !knows(&state.known, name) {
                     open.read_after_list += 1;
                 }
             } else {
@@ -712,6 +777,50 @@ apps:
     }
 
     #[test]
+    fn a_nightly_rotation_of_the_same_secrets_alerts_once_and_new_secrets_still_do() {
+        let mut driver = Driver::new(spec(), registry());
+        let mut events = Vec::new();
+        // Every night at 03:00 the rotation job reads the same 50 secrets of other apps.
+        for day in 0..10 {
+            let night = monday() + Duration::days(day) + Duration::hours(3);
+            for k in 0..50 {
+                let t = night + Duration::seconds(5 * k);
+                events.push(read(t, "crm-sync", &format!("apps/app-{k:02}/api-key")));
+            }
+        }
+        // On day 8 at noon, 45 secrets it never read before.
+        let theft = monday() + Duration::days(8) + Duration::hours(12);
+        for k in 0..45 {
+            let t = theft + Duration::seconds(3 * k);
+            events.push(read(t, "crm-sync", &format!("payroll/secret-{k:02}")));
+        }
+        events.sort_by_key(|e| e.time);
+        driver.feed_all(&mut events);
+        driver.finish();
+        let absolute: Vec<DateTime<Utc>> = driver
+            .findings
+            .iter()
+            .filter(|f| f.variant == "absolute")
+            .map(|f| f.window_start)
+            .collect();
+        let first_night = monday() + Duration::hours(3);
+        assert_eq!(
+            absolute,
+            [first_night, theft],
+            "the first-ever mass read and the read of new secrets; not the same set again"
+        );
+        assert!(
+            driver.findings.iter().all(|f| f.variant == "absolute"),
+            "{:?}",
+            driver
+                .findings
+                .iter()
+                .map(|f| f.variant)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn secret_reads_mass_read_is_absolute_and_enumeration() {
         let mut driver = Driver::new(spec(), registry());
         let incident = monday() + Duration::days(4) + Duration::hours(14) + Duration::minutes(24);
@@ -739,7 +848,12 @@ apps:
         assert_eq!(absolute.evidence.baseline, 40);
         assert!(absolute.evidence.details["reads"].as_u64().unwrap() >= 150);
         assert_eq!(absolute.app_id.as_deref(), Some("billing-agent"));
-        let start = format!("app:billing-agent (Billing agent) read {observed} distinct secrets");
+        let distinct = absolute.evidence.details["distinct"].as_u64().unwrap();
+        assert!(
+            distinct >= observed,
+            "{distinct} distinct, {observed} of them new"
+        );
+        let start = format!("app:billing-agent (Billing agent) read {distinct} distinct secrets");
         assert!(absolute.summary.starts_with(&start), "{}", absolute.summary);
         // The window also listed secrets (a sample): its query shows the listing too.
         assert_eq!(
@@ -983,9 +1097,16 @@ apps:
             "{}",
             out[0].summary
         );
-        // Closed, the identity keeps only its small baseline.
+        // Closed, the identity keeps only its small baseline and its known set,
+        // which max_known_secrets bounds (a hash each).
         let saved = detector.save();
-        assert!(saved[0].1.to_string().len() < 2048, "{}", saved[0].1);
+        let known = detector.map.get("app:crm-sync").unwrap().known.len();
+        assert_eq!(known, 512, "the known set is capped at max_known_secrets");
+        assert!(
+            saved[0].1.to_string().len() < 2048 + 21 * known,
+            "{}",
+            saved[0].1
+        );
         assert!(detector.map.get("app:crm-sync").unwrap().open.is_none());
     }
 
