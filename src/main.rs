@@ -135,6 +135,11 @@ struct ReplayArgs {
     /// event further out of place than this within its own file arrives late.
     #[arg(long, default_value_t = file::DEFAULT_REORDER_EVENTS)]
     reorder_events: usize,
+    /// Write the detectors' baselines at the end of the input to this snapshot file,
+    /// for `appwarden run` to start from (point `state.snapshot_path` at it): a new
+    /// deployment starts from baselines learned from past exports.
+    #[arg(long)]
+    state_out: Option<PathBuf>,
     /// Input files (one per source is fine: they are merged by event time).
     #[arg(required = true)]
     inputs: Vec<String>,
@@ -238,12 +243,15 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     outputs.alerts_file = Some(NdjsonWriter::open(&args.alerts_out)?);
     let history_stats = outputs.history.as_ref().map(|h| h.stats());
     outputs.dead_letter_file = Some(NdjsonWriter::open(&dead_letters)?);
-    let options = DecodeOptions::default();
+    let replay_options = file::ReplayOptions {
+        format: args.format,
+        decode: DecodeOptions::default(),
+        reorder_events: args.reorder_events,
+        state_out: args.state_out.clone(),
+    };
     file::replay(
         &args.inputs,
-        args.format,
-        &options,
-        args.reorder_events,
+        &replay_options,
         &mut pipeline,
         &mut engine,
         &mut outputs,

@@ -31,9 +31,10 @@ use crate::event::{NormalizedEvent, Product};
 pub use generic::FieldMapping;
 
 /// The format of a topic or file: one vendor format, or `auto` to recognise it per record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
+    #[default]
     Auto,
     Okta,
     Entra,

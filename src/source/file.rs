@@ -37,6 +37,8 @@ pub enum FileSourceError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 /// Opens an input, decompressing `.gz`; `-` is standard input. Returns the reader and its size when known.
@@ -327,6 +329,20 @@ impl OrderedInput {
     }
 }
 
+/// How a replay reads its inputs and what it leaves behind besides its outputs.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Record format of every input.
+    pub format: Format,
+    pub decode: DecodeOptions,
+    /// Events each input may hold in its reorder buffer (see [`replay`]).
+    pub reorder_events: usize,
+    /// Where to write the detectors' state as it stands at the end of the input,
+    /// before the last windows are closed: a snapshot `appwarden run` starts from
+    /// (the go-live path: baselines learned from past exports, not days of waiting).
+    pub state_out: Option<std::path::PathBuf>,
+}
+
 /// Replays files through the pipeline and the detectors into `outputs`; at the
 /// end every open window is closed.
 ///
@@ -339,15 +355,14 @@ impl OrderedInput {
 /// of place arrives late, as it would on a live stream.
 pub async fn replay(
     inputs: &[String],
-    format: Format,
-    options: &DecodeOptions,
-    reorder_events: usize,
+    replay: &ReplayOptions,
     pipeline: &mut Pipeline,
     engine: &mut Engine,
     outputs: &mut Outputs,
 ) -> Result<(), FileSourceError> {
+    let (format, options) = (replay.format, &replay.decode);
     let progress = progress_bar();
-    let capacity = reorder_events.max(1);
+    let capacity = replay.reorder_events.max(1);
     engine.read_files_as_one_stream();
     let mut ordered = Vec::with_capacity(inputs.len());
     for input in inputs {
@@ -390,6 +405,9 @@ pub async fn replay(
         }
     }
     detect(pipeline, engine, outputs, &mut batch).await?;
+    if let Some(path) = &replay.state_out {
+        write_state(path, pipeline, engine).await?;
+    }
     for alert in engine.finish(&pipeline.registry()).await? {
         outputs.alert(&alert).await?;
         pipeline.stats().alert(&alert);
@@ -397,6 +415,26 @@ pub async fn replay(
     outputs.commit().await?;
     outputs.flush_history().await?;
     progress.finish_and_clear();
+    Ok(())
+}
+
+/// Saves the engine and the issued credentials as a snapshot with no input
+/// offsets, so that a daemon started from it keeps its group's own positions.
+async fn write_state(
+    path: &Path,
+    pipeline: &Pipeline,
+    engine: &mut Engine,
+) -> Result<(), FileSourceError> {
+    let mut state = engine.save().await?;
+    // The replay's merged files are no input of the daemon: its watermark follows its partitions.
+    state.sources.clear();
+    let snapshot = crate::state::Snapshot {
+        version: crate::state::SNAPSHOT_VERSION,
+        offsets: Vec::new(),
+        engine: state,
+        issued_credentials: pipeline.resolver().issued(),
+    };
+    crate::state::write(path, &snapshot)?;
     Ok(())
 }
 

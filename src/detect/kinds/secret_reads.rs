@@ -421,10 +421,7 @@ fn close(
         emitted = true;
     }
     let threshold = (p.baseline_factor * usual).max(p.min_distinct as f64);
-    if !absolute
-        && mature
-        && new_distinct as f64 >= threshold
-        && distinct > state.max_distinct_seen
+    if !absolute && mature && new_distinct as f64 >= threshold && distinct > state.max_distinct_seen
     {
         out.push(finding(
             "baseline",
