@@ -156,6 +156,15 @@ pub struct WorldConfig {
     pub incidents: bool,
     /// How many times the five incidents are injected (each round on other apps).
     pub incident_rounds: u32,
+    /// Employees signing in to SSO apps during office hours (people, not apps).
+    pub employees: usize,
+    /// The benign habits of a real organisation (with at least 24 apps): a nightly
+    /// secret-rotation job reading other apps' secrets, a nightly batch burst, a
+    /// weekly report, an app running in two allowed regions at once, and an app
+    /// that starts calling a new subdomain of a domain it uses.
+    pub habits: bool,
+    /// Organic growth: every app's rate grows by this fraction per simulated day.
+    pub growth_per_day: f64,
 }
 
 impl Default for WorldConfig {
@@ -172,6 +181,9 @@ impl Default for WorldConfig {
             malformed_ratio: 0.001,
             incidents: true,
             incident_rounds: 1,
+            employees: 0,
+            habits: false,
+            growth_per_day: 0.0,
         }
     }
 }
@@ -214,6 +226,13 @@ const HOME_REGIONS: [(&str, &str, &str); 3] = [
     ("eu-west-1", "IE", "Leinster"),
     ("eu-central-1", "DE", "Hesse"),
 ];
+
+/// Which apps carry the benign habits (chosen clear of every incident round's apps).
+pub const ROTATION_APP: usize = 1;
+pub const NIGHTLY_BATCH_APP: usize = 2;
+pub const WEEKLY_REPORT_APP: usize = 7;
+pub const TWO_REGION_APP: usize = 10;
+pub const NEW_SUBDOMAIN_APP: usize = 19;
 
 /// A generated world: apps, the registry that describes them, and incidents.
 #[derive(Debug, Clone)]
@@ -284,6 +303,88 @@ impl World {
             world.incidents = world.plan_incidents();
         }
         world
+    }
+
+    /// Whether the habits are generated (they need the apps they are assigned to).
+    pub fn has_habits(&self) -> bool {
+        self.config.habits && self.apps.len() >= 24
+    }
+
+    /// The two-region app's other home.
+    fn second_region(&self, app: &SimApp) -> (&'static str, &'static str, &'static str) {
+        HOME_REGIONS
+            .iter()
+            .copied()
+            .find(|(region, _, _)| *region != app.region)
+            .unwrap_or(HOME_REGIONS[0])
+    }
+
+    /// The employees' e-mail addresses and countries.
+    pub fn employees(&self) -> Vec<(String, &'static str)> {
+        (0..self.config.employees)
+            .map(|i| {
+                let country = ["US", "IE", "DE"][i % 3];
+                (format!("employee{i:03}@example.com"), country)
+            })
+            .collect()
+    }
+
+    /// The habits' records for the minute starting at `t0`.
+    fn habit_records(
+        &self,
+        t0: DateTime<Utc>,
+        rng: &mut Rng,
+        w: &mut RecordWriter,
+        out: &mut Vec<GeneratedRecord>,
+    ) {
+        use chrono::{Datelike, Timelike};
+        let (hour, minute) = (t0.hour(), t0.minute());
+        let day = (t0 - self.config.start).num_days();
+        let jitter = |rng: &mut Rng| Duration::milliseconds(rng.below(60_000) as i64);
+        // 02:00-02:04 every night: the rotation job reads 50 secrets of other apps.
+        if hour == 2 && minute < 5 {
+            let app = &self.apps[ROTATION_APP];
+            let others: Vec<&String> = self
+                .apps
+                .iter()
+                .filter(|a| a.id != app.id)
+                .flat_map(|a| a.secret_names.iter())
+                .take(50)
+                .collect();
+            for secret in others.iter().skip(minute as usize * 10).take(10) {
+                out.push(w.secret_read(app, t0 + jitter(rng), secret, &app.region, &app.ip));
+            }
+        }
+        // 01:30-01:34 every night: a batch job pushes 150 calls through the gateway.
+        if hour == 1 && (30..35).contains(&minute) {
+            let app = &self.apps[NIGHTLY_BATCH_APP];
+            for _ in 0..30 {
+                let domain = &app.domains[rng.below(app.domains.len() as u64) as usize];
+                out.push(w.gateway_call(app, t0 + jitter(rng), domain, &app.consumer, &app.ip));
+            }
+        }
+        // Mondays 07:00-07:09: the weekly report, 200 calls.
+        if t0.weekday() == chrono::Weekday::Mon && hour == 7 && minute < 10 {
+            let app = &self.apps[WEEKLY_REPORT_APP];
+            for _ in 0..20 {
+                let domain = &app.domains[rng.below(app.domains.len() as u64) as usize];
+                out.push(w.gateway_call(app, t0 + jitter(rng), domain, &app.consumer, &app.ip));
+            }
+        }
+        // The two-region app reads its secrets from its second region too, all day.
+        if rng.below(6) == 0 {
+            let app = &self.apps[TWO_REGION_APP];
+            let (region, _, _) = self.second_region(app);
+            let secret = &app.secret_names[rng.below(app.secret_names.len() as u64) as usize];
+            let ip = format!("10.99.{}.{}", TWO_REGION_APP, 10 + rng.below(200));
+            out.push(w.secret_read(app, t0 + jitter(rng), secret, region, &ip));
+        }
+        // From the second week, an app calls a new subdomain of a domain it uses.
+        if day >= 7 && rng.below(10) == 0 {
+            let app = &self.apps[NEW_SUBDOMAIN_APP];
+            let domain = format!("eu.{}", app.domains[0]);
+            out.push(w.gateway_call(app, t0 + jitter(rng), &domain, &app.consumer, &app.ip));
+        }
     }
 
     fn at(&self, fraction: f64) -> DateTime<Utc> {
@@ -400,8 +501,24 @@ impl World {
                     ],
                     ..AppIdentities::default()
                 },
-                egress_allowlist: a.domains.clone(),
-                allowed_regions: vec![a.region.clone(), a.country.clone()],
+                // Many micro-apps are registered without an allowlist; the app
+                // with the new-subdomain habit is one, so its domains are learned.
+                egress_allowlist: if self.has_habits() && i == NEW_SUBDOMAIN_APP {
+                    Vec::new()
+                } else {
+                    a.domains.clone()
+                },
+                allowed_regions: if self.has_habits() && i == TWO_REGION_APP {
+                    let (region, country, _) = self.second_region(a);
+                    vec![
+                        a.region.clone(),
+                        a.country.clone(),
+                        region.into(),
+                        country.into(),
+                    ]
+                } else {
+                    vec![a.region.clone(), a.country.clone()]
+                },
                 registered_on: day0,
                 renewed_on: Some(day0 + chrono::Days::new(60)),
             })
@@ -424,9 +541,24 @@ impl World {
         let mut out = Vec::new();
         let start = self.config.start;
         let minutes = self.config.hours as i64 * 60;
+        let employees = self.employees();
+        let habits = self.has_habits();
         for minute in 0..minutes {
             let t0 = start + Duration::minutes(minute);
-            let rate = diurnal(t0);
+            let growth = 1.0 + self.config.growth_per_day * (minute as f64 / 1440.0);
+            let rate = diurnal(t0) * growth;
+            if habits {
+                self.habit_records(t0, &mut rng, &mut w, &mut out);
+            }
+            if !employees.is_empty() && office_hours(t0) {
+                // About six sign-ins per employee per working day, office hours only.
+                for _ in 0..rng.poisson(employees.len() as f64 * 6.0 / 600.0) {
+                    let (email, country) = &employees[rng.below(employees.len() as u64) as usize];
+                    let t = t0 + Duration::milliseconds(rng.below(60_000) as i64);
+                    let ip = format!("198.51.100.{}", 1 + rng.below(250));
+                    out.push(w.person_sign_in(email, t, &ip, country));
+                }
+            }
             for (i, app) in self.apps.iter().enumerate() {
                 let mean = app.peak_calls_per_hour / 60.0 * rate;
                 let calls = rng.poisson(mean);
@@ -585,6 +717,11 @@ pub fn diurnal(t: DateTime<Utc>) -> f64 {
         _ => 1.0,
     };
     (0.08 + 0.92 * day) * weekday
+}
+
+/// Weekdays 08:00-18:00 UTC: when the generated employees sign in.
+pub fn office_hours(t: DateTime<Utc>) -> bool {
+    !matches!(t.weekday(), Weekday::Sat | Weekday::Sun) && (8..18).contains(&t.hour())
 }
 
 #[cfg(test)]

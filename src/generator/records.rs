@@ -109,6 +109,35 @@ impl RecordWriter {
         record(Family::Sso, t, &app.client_id, &value)
     }
 
+    /// An employee signing in to the Okta dashboard or an SSO app (an Okta `User` actor).
+    pub fn person_sign_in(
+        &mut self,
+        email: &str,
+        t: DateTime<Utc>,
+        ip: &str,
+        country: &str,
+    ) -> GeneratedRecord {
+        let event_type = if self.rng.below(4) == 0 {
+            "user.session.start"
+        } else {
+            "user.authentication.sso"
+        };
+        let value = json!({
+            "uuid": self.uuid(),
+            "published": rfc3339(t),
+            "eventType": event_type,
+            "version": "0",
+            "severity": "INFO",
+            "displayMessage": "User single sign on to app",
+            "actor": {"id": format!("00u{}", self.rng.hex(17)), "type": "User", "alternateId": email, "displayName": email},
+            "client": {"ipAddress": ip, "userAgent": {"rawUserAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5)"},
+                       "geographicalContext": {"country": country}},
+            "outcome": {"result": "SUCCESS"},
+            "transaction": {"type": "WEB", "id": self.rng.hex(16)},
+        });
+        record(Family::Sso, t, email, &value)
+    }
+
     /// Cloud credentials (STS AssumeRole) or a Vault AppRole login.
     pub fn secrets_login(
         &mut self,
