@@ -3,8 +3,11 @@
 //! of what it has delivered. After a crash every undelivered alert is still
 //! there, and delivered ones are not sent again (beyond an attempt in flight
 //! at the moment of the crash, which receivers dedup by alert id / dedup key).
+//! Each start rewrites the log with what is still pending, behind a header that
+//! keeps what the dropped entries told: the next sequence number and the ids
+//! lately delivered.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -42,6 +45,40 @@ struct Entry {
     alert: Alert,
 }
 
+/// The first line of a compacted log.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Header {
+    /// The next alert's sequence number: compaction may drop every entry while
+    /// the cursors still count their numbers as delivered.
+    next_seq: u64,
+    /// Ids of alerts lately delivered to every sink, oldest first.
+    #[serde(default)]
+    delivered: VecDeque<String>,
+}
+
+/// One line of the log.
+enum Line {
+    Header(Header),
+    Entry(Entry),
+}
+
+impl Line {
+    /// Parses a line; on failure, the error is the one of parsing it as an entry.
+    fn parse(line: &str) -> Result<Line, serde_json::Error> {
+        match serde_json::from_str(line) {
+            Ok(entry) => Ok(Line::Entry(entry)),
+            Err(e) => serde_json::from_str(line).map(Line::Header).map_err(|_| e),
+        }
+    }
+}
+
+/// `value` as one line of JSON.
+fn json_line(value: &impl Serialize, path: &Path) -> Result<Vec<u8>, OutboxError> {
+    let mut line = serde_json::to_vec(value).map_err(|e| io_err(path)(std::io::Error::other(e)))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// What one sink has delivered: everything up to `through`, plus `above` beyond it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Cursor {
@@ -52,6 +89,11 @@ struct Cursor {
 impl Cursor {
     fn done(&self, seq: u64) -> bool {
         seq <= self.through || self.above.contains(&seq)
+    }
+
+    /// The highest sequence number marked done.
+    fn last(&self) -> u64 {
+        self.above.last().copied().unwrap_or(self.through)
     }
 
     fn mark(&mut self, seq: u64) {
@@ -76,7 +118,8 @@ struct Inner {
     in_flight: BTreeMap<String, BTreeSet<u64>>,
     /// Ids of alerts lately delivered to every sink, oldest first (bounded), so an
     /// alert detected again after a restart re-read its input is not sent twice.
-    delivered: std::collections::VecDeque<String>,
+    /// Kept across restarts by the log: its entries until the next start, then its header.
+    delivered: VecDeque<String>,
     unsynced: bool,
 }
 
@@ -97,6 +140,7 @@ impl Outbox {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let log_path = dir.join(LOG);
         let mut entries = Vec::new();
+        let mut header = Header::default();
         if log_path.exists() {
             let file = File::open(&log_path).map_err(io_err(&log_path))?;
             for (i, line) in BufReader::new(file).lines().enumerate() {
@@ -104,8 +148,9 @@ impl Outbox {
                 if line.trim().is_empty() {
                     continue;
                 }
-                match serde_json::from_str::<Entry>(&line) {
-                    Ok(entry) => entries.push(entry),
+                match Line::parse(&line) {
+                    Ok(Line::Entry(entry)) => entries.push(entry),
+                    Ok(Line::Header(h)) => header = h,
                     // A torn last line from a crash mid-append: the alert was never acknowledged
                     // (offsets are stored only after a sync), so it will be produced again.
                     Err(e) if e.is_eof() => break,
@@ -133,23 +178,33 @@ impl Outbox {
             };
             cursors.insert(sink.clone(), cursor);
         }
-        let next_seq = entries.last().map_or(1, |e| e.seq + 1);
-        let pending = entries
-            .into_iter()
-            .filter(|e| cursors.values().any(|c: &Cursor| !c.done(e.seq)))
-            .map(|e| (e.seq, Arc::new(e.alert)))
-            .collect();
-        // Rewrite the log with only what is still pending, so it never grows without bound.
+        // Past every number in use; the cursors count too, for a log compacted
+        // (to nothing) before it had a header.
+        let next_seq = entries
+            .iter()
+            .map(|e| e.seq)
+            .chain(cursors.values().map(Cursor::last))
+            .max()
+            .map_or(1, |seq| seq + 1)
+            .max(header.next_seq);
         let mut inner = Inner {
             log: File::create(dir.join("alerts.log.tmp")).map_err(io_err(dir))?,
             dir: dir.to_path_buf(),
             next_seq,
-            pending,
+            pending: BTreeMap::new(),
             cursors,
             in_flight: BTreeMap::new(),
-            delivered: std::collections::VecDeque::new(),
+            delivered: header.delivered,
             unsynced: false,
         };
+        for entry in entries {
+            if inner.cursors.values().any(|c| !c.done(entry.seq)) {
+                inner.pending.insert(entry.seq, Arc::new(entry.alert));
+            } else {
+                inner.remember_delivered(entry.alert.id);
+            }
+        }
+        // Rewrite the log with only what is still pending, so it never grows without bound.
         inner.compact()?;
         Ok(Outbox {
             inner: Arc::new(Mutex::new(inner)),
@@ -175,13 +230,14 @@ impl Outbox {
             return Ok(0);
         }
         let seq = inner.next_seq;
-        let mut line = serde_json::to_vec(&Entry {
-            seq,
-            alert: alert.clone(),
-        })
-        .map_err(|e| io_err(&inner.dir)(std::io::Error::other(e)))?;
-        line.push(b'\n');
         let path = inner.dir.join(LOG);
+        let line = json_line(
+            &Entry {
+                seq,
+                alert: alert.clone(),
+            },
+            &path,
+        )?;
         inner.log.write_all(&line).map_err(io_err(&path))?;
         inner.next_seq += 1;
         inner.unsynced = true;
@@ -256,10 +312,7 @@ impl Outbox {
         if inner.cursors.values().all(|c| c.done(seq))
             && let Some(alert) = inner.pending.remove(&seq)
         {
-            if inner.delivered.len() >= RECENTLY_DELIVERED {
-                inner.delivered.pop_front();
-            }
-            inner.delivered.push_back(alert.id.clone());
+            inner.remember_delivered(alert.id.clone());
         }
         Ok(())
     }
@@ -280,19 +333,31 @@ impl Outbox {
 }
 
 impl Inner {
-    /// Rewrites the log with the pending entries only (temporary file, then rename).
+    fn remember_delivered(&mut self, id: String) {
+        if self.delivered.len() >= RECENTLY_DELIVERED {
+            self.delivered.pop_front();
+        }
+        self.delivered.push_back(id);
+    }
+
+    /// Rewrites the log as the header and the pending entries (temporary file, then rename).
     fn compact(&mut self) -> Result<(), OutboxError> {
         let tmp = self.dir.join("alerts.log.tmp");
         let path = self.dir.join(LOG);
         let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let header = Header {
+            next_seq: self.next_seq,
+            delivered: self.delivered.clone(),
+        };
+        file.write_all(&json_line(&header, &tmp)?)
+            .map_err(io_err(&tmp))?;
         for (seq, alert) in &self.pending {
-            let mut line = serde_json::to_vec(&Entry {
+            let entry = Entry {
                 seq: *seq,
                 alert: (**alert).clone(),
-            })
-            .map_err(|e| io_err(&tmp)(std::io::Error::other(e)))?;
-            line.push(b'\n');
-            file.write_all(&line).map_err(io_err(&tmp))?;
+            };
+            file.write_all(&json_line(&entry, &tmp)?)
+                .map_err(io_err(&tmp))?;
         }
         file.sync_all().map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
@@ -328,15 +393,30 @@ mod tests {
         .into_alert("d", "k", Severity::High, None)
     }
 
+    /// Opens the outbox and appends (and syncs) alerts 0 to `count - 1`.
+    fn open_with_alerts(dir: &Path, sinks: &[String], count: u32) -> Outbox {
+        let outbox = Outbox::open(dir, sinks).unwrap();
+        for n in 0..count {
+            outbox.append(&alert(n)).unwrap();
+        }
+        outbox.sync().unwrap();
+        outbox
+    }
+
+    /// The summaries of what the sink takes.
+    fn take_summaries(outbox: &Outbox, sink: &str) -> Vec<String> {
+        outbox
+            .take(sink, 10)
+            .iter()
+            .map(|(_, a)| a.summary.clone())
+            .collect()
+    }
+
     #[test]
     fn undelivered_alerts_survive_a_reopen_and_delivered_ones_do_not_return() {
         let dir = tempfile::tempdir().unwrap();
         let sinks = vec!["webhook".to_string(), "email".to_string()];
-        let outbox = Outbox::open(dir.path(), &sinks).unwrap();
-        for n in 0..3 {
-            outbox.append(&alert(n)).unwrap();
-        }
-        outbox.sync().unwrap();
+        let outbox = open_with_alerts(dir.path(), &sinks, 3);
         let taken = outbox.take("webhook", 10);
         assert_eq!(taken.len(), 3);
         assert!(
@@ -350,12 +430,7 @@ mod tests {
 
         // "Crash" and reopen: webhook still owes #2, email owes all three.
         let outbox = Outbox::open(dir.path(), &sinks).unwrap();
-        let again: Vec<String> = outbox
-            .take("webhook", 10)
-            .iter()
-            .map(|(_, a)| a.summary.clone())
-            .collect();
-        assert_eq!(again, ["alert 1"]);
+        assert_eq!(take_summaries(&outbox, "webhook"), ["alert 1"]);
         assert_eq!(outbox.backlog("email"), 3);
         for (seq, _) in outbox.take("email", 10) {
             outbox.finish("email", seq).unwrap();
@@ -366,7 +441,55 @@ mod tests {
         let outbox = Outbox::open(dir.path(), &sinks).unwrap();
         assert_eq!(outbox.depth(), 0, "compaction keeps nothing delivered");
         let log = std::fs::read_to_string(dir.path().join(LOG)).unwrap();
-        assert!(log.is_empty());
+        assert_eq!(log.lines().count(), 1, "only the header is left: {log}");
+    }
+
+    /// Delivers everything pending to every sink.
+    fn deliver_all(outbox: &Outbox, sinks: &[String]) {
+        for sink in sinks {
+            for (seq, _) in outbox.take(sink, usize::MAX) {
+                outbox.finish(sink, seq).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn alerts_after_two_restarts_with_nothing_pending_are_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec!["webhook".to_string(), "email".to_string()];
+        let outbox = open_with_alerts(dir.path(), &sinks, 3);
+        deliver_all(&outbox, &sinks);
+        drop(outbox);
+        // The second life finds nothing pending: compaction empties the log.
+        drop(Outbox::open(dir.path(), &sinks).unwrap());
+        let outbox = Outbox::open(dir.path(), &sinks).unwrap();
+        outbox.append(&alert(10)).unwrap();
+        outbox.sync().unwrap();
+        for sink in &sinks {
+            assert_eq!(
+                take_summaries(&outbox, sink),
+                ["alert 10"],
+                "{sink} gets the new alert"
+            );
+        }
+    }
+
+    #[test]
+    fn a_delivered_alert_detected_again_after_restarts_is_not_queued_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec!["s".to_string()];
+        let outbox = open_with_alerts(dir.path(), &sinks, 1);
+        deliver_all(&outbox, &sinks);
+        drop(outbox);
+        for restart in 1..=2 {
+            let outbox = Outbox::open(dir.path(), &sinks).unwrap();
+            outbox.append(&alert(0)).unwrap();
+            assert_eq!(
+                outbox.backlog("s"),
+                0,
+                "queued again after restart {restart}"
+            );
+        }
     }
 
     #[test]
