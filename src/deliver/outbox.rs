@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -64,12 +64,96 @@ enum Line {
 
 impl Line {
     /// Parses a line; on failure, the error is the one of parsing it as an entry.
-    fn parse(line: &str) -> Result<Line, serde_json::Error> {
-        match serde_json::from_str(line) {
+    fn parse(line: &[u8]) -> Result<Line, serde_json::Error> {
+        match serde_json::from_slice(line) {
             Ok(entry) => Ok(Line::Entry(entry)),
-            Err(e) => serde_json::from_str(line).map(Line::Header).map_err(|_| e),
+            Err(e) => serde_json::from_slice(line)
+                .map(Line::Header)
+                .map_err(|_| e),
         }
     }
+}
+
+/// Whether the bytes hold nothing: blanks, or the zeros a power loss can leave
+/// where data was not yet on the disk.
+fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0 || b.is_ascii_whitespace())
+}
+
+/// The header and entries of the log (none if there is no log yet).
+fn read_log(path: &Path) -> Result<(Header, Vec<Entry>), OutboxError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let lines: Vec<(usize, &[u8])> = bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    let mut header = Header::default();
+    let mut entries = Vec::new();
+    for (n, &(i, line)) in lines.iter().enumerate() {
+        match Line::parse(line) {
+            Ok(Line::Entry(entry)) => entries.push(entry),
+            Ok(Line::Header(h)) => header = h,
+            // A torn last line (cut short, or zeros after a power loss): it was
+            // never synced, so never acknowledged, and its alert will be produced again.
+            Err(e) if n + 1 == lines.len() => {
+                tracing::warn!(
+                    path = %path.display(),
+                    line = i + 1,
+                    error = %e,
+                    "dropping the torn last line of the outbox"
+                );
+            }
+            Err(e) => {
+                return Err(OutboxError::Corrupt {
+                    path: path.display().to_string(),
+                    line: i + 1,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok((header, entries))
+}
+
+/// A sink's cursor; none or an empty one (a power loss before its data reached
+/// the disk) means nothing delivered yet.
+fn read_cursor(path: &Path) -> Result<Cursor, OutboxError> {
+    match std::fs::read(path) {
+        Ok(bytes) if is_blank(&bytes) => {
+            tracing::warn!(
+                path = %path.display(),
+                "empty outbox cursor; its sink gets every pending alert again"
+            );
+            Ok(Cursor::default())
+        }
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| OutboxError::Corrupt {
+            path: path.display().to_string(),
+            line: 1,
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Cursor::default()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Replaces `dir/name` with `bytes`, whole or not at all and durably: a synced
+/// temporary file renamed into place, then the folder synced so that the
+/// rename itself survives a power loss.
+fn replace_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), OutboxError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(bytes).map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    File::open(dir)
+        .and_then(|folder| folder.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// `value` as one line of JSON.
@@ -138,44 +222,10 @@ impl Outbox {
     /// log and the cursors so undelivered alerts are pending again.
     pub fn open(dir: &Path, sinks: &[String]) -> Result<Outbox, OutboxError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let log_path = dir.join(LOG);
-        let mut entries = Vec::new();
-        let mut header = Header::default();
-        if log_path.exists() {
-            let file = File::open(&log_path).map_err(io_err(&log_path))?;
-            for (i, line) in BufReader::new(file).lines().enumerate() {
-                let line = line.map_err(io_err(&log_path))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match Line::parse(&line) {
-                    Ok(Line::Entry(entry)) => entries.push(entry),
-                    Ok(Line::Header(h)) => header = h,
-                    // A torn last line from a crash mid-append: the alert was never acknowledged
-                    // (offsets are stored only after a sync), so it will be produced again.
-                    Err(e) if e.is_eof() => break,
-                    Err(e) => {
-                        return Err(OutboxError::Corrupt {
-                            path: log_path.display().to_string(),
-                            line: i + 1,
-                            message: e.to_string(),
-                        });
-                    }
-                }
-            }
-        }
+        let (header, entries) = read_log(&dir.join(LOG))?;
         let mut cursors = BTreeMap::new();
         for sink in sinks {
-            let path = dir.join(format!("{sink}.cursor"));
-            let cursor = match std::fs::read(&path) {
-                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| OutboxError::Corrupt {
-                    path: path.display().to_string(),
-                    line: 1,
-                    message: e.to_string(),
-                })?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Cursor::default(),
-                Err(e) => return Err(io_err(&path)(e)),
-            };
+            let cursor = read_cursor(&dir.join(format!("{sink}.cursor")))?;
             cursors.insert(sink.clone(), cursor);
         }
         // Past every number in use; the cursors count too, for a log compacted
@@ -305,10 +355,7 @@ impl Outbox {
         cursor.mark(seq);
         let bytes =
             serde_json::to_vec(&*cursor).map_err(|e| io_err(&dir)(std::io::Error::other(e)))?;
-        let path = dir.join(format!("{sink}.cursor"));
-        let tmp = dir.join(format!("{sink}.cursor.tmp"));
-        std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        replace_durably(&dir, &format!("{sink}.cursor"), &bytes)?;
         if inner.cursors.values().all(|c| c.done(seq))
             && let Some(alert) = inner.pending.remove(&seq)
         {
@@ -342,25 +389,20 @@ impl Inner {
 
     /// Rewrites the log as the header and the pending entries (temporary file, then rename).
     fn compact(&mut self) -> Result<(), OutboxError> {
-        let tmp = self.dir.join("alerts.log.tmp");
         let path = self.dir.join(LOG);
-        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
         let header = Header {
             next_seq: self.next_seq,
             delivered: self.delivered.clone(),
         };
-        file.write_all(&json_line(&header, &tmp)?)
-            .map_err(io_err(&tmp))?;
+        let mut bytes = json_line(&header, &path)?;
         for (seq, alert) in &self.pending {
             let entry = Entry {
                 seq: *seq,
                 alert: (**alert).clone(),
             };
-            file.write_all(&json_line(&entry, &tmp)?)
-                .map_err(io_err(&tmp))?;
+            bytes.extend(json_line(&entry, &path)?);
         }
-        file.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        replace_durably(&self.dir, LOG, &bytes)?;
         self.log = OpenOptions::new()
             .append(true)
             .open(&path)
@@ -509,20 +551,62 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_line_is_ignored() {
+    fn a_torn_or_nul_filled_last_line_is_dropped() {
+        let tails: [&[u8]; 4] = [
+            b"{\"seq\":2,\"alert\":{\"id\":\"",
+            // After a power loss the unsynced end of a file can read back as zeros.
+            &[0; 64],
+            b"{\"seq\":2,\"alert\":{\"id\":\"\0\0\0\0",
+            // Cut inside a multi-byte character.
+            b"{\"seq\":2,\"alert\":{\"summary\":\"\xc3",
+        ];
+        for tail in tails {
+            let dir = tempfile::tempdir().unwrap();
+            let sinks = vec!["s".to_string()];
+            drop(open_with_alerts(dir.path(), &sinks, 1));
+            let mut log = OpenOptions::new()
+                .append(true)
+                .open(dir.path().join(LOG))
+                .unwrap();
+            log.write_all(tail).unwrap();
+            let outbox = Outbox::open(dir.path(), &sinks)
+                .unwrap_or_else(|e| panic!("tail {:?}: {e}", String::from_utf8_lossy(tail)));
+            assert_eq!(outbox.backlog("s"), 1);
+            drop(outbox);
+            let outbox = Outbox::open(dir.path(), &sinks).unwrap();
+            assert_eq!(outbox.backlog("s"), 1, "compaction removed the torn line");
+        }
+    }
+
+    #[test]
+    fn a_corrupt_line_before_the_last_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let sinks = vec!["s".to_string()];
-        let outbox = Outbox::open(dir.path(), &sinks).unwrap();
-        outbox.append(&alert(1)).unwrap();
-        outbox.sync().unwrap();
+        drop(open_with_alerts(dir.path(), &sinks, 2));
+        let path = dir.path().join(LOG);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        let cut = &lines[1][..lines[1].len() / 2];
+        lines[1] = cut;
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        match Outbox::open(dir.path(), &sinks) {
+            Err(OutboxError::Corrupt { line: 2, .. }) => {}
+            Err(e) => panic!("not the corrupt line: {e}"),
+            Ok(_) => panic!("a corrupt line in the middle of the outbox was skipped"),
+        }
+    }
+
+    #[test]
+    fn an_empty_cursor_file_means_nothing_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec!["s".to_string()];
+        let outbox = open_with_alerts(dir.path(), &sinks, 2);
+        deliver_all(&outbox, &sinks);
         drop(outbox);
-        let mut log = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(LOG))
-            .unwrap();
-        log.write_all(b"{\"seq\":2,\"alert\":{\"id\":\"").unwrap();
+        // A cursor renamed into place before its data reached the disk.
+        std::fs::write(dir.path().join("s.cursor"), b"").unwrap();
         let outbox = Outbox::open(dir.path(), &sinks).unwrap();
-        assert_eq!(outbox.backlog("s"), 1);
+        assert_eq!(outbox.backlog("s"), 2, "delivered again (at least once)");
     }
 
     #[test]
