@@ -3,10 +3,13 @@
 //! of what it has delivered. After a crash every undelivered alert is still
 //! there, and delivered ones are not sent again (beyond an attempt in flight
 //! at the moment of the crash, which receivers dedup by alert id / dedup key).
+//! Each start rewrites the log with what is still pending, behind a header that
+//! keeps what the dropped entries told: the next sequence number and the ids
+//! lately delivered.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -42,6 +45,124 @@ struct Entry {
     alert: Alert,
 }
 
+/// The first line of a compacted log.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Header {
+    /// The next alert's sequence number: compaction may drop every entry while
+    /// the cursors still count their numbers as delivered.
+    next_seq: u64,
+    /// Ids of alerts lately delivered to every sink, oldest first.
+    #[serde(default)]
+    delivered: VecDeque<String>,
+}
+
+/// One line of the log.
+enum Line {
+    Header(Header),
+    Entry(Entry),
+}
+
+impl Line {
+    /// Parses a line; on failure, the error is the one of parsing it as an entry.
+    fn parse(line: &[u8]) -> Result<Line, serde_json::Error> {
+        match serde_json::from_slice(line) {
+            Ok(entry) => Ok(Line::Entry(entry)),
+            Err(e) => serde_json::from_slice(line)
+                .map(Line::Header)
+                .map_err(|_| e),
+        }
+    }
+}
+
+/// Whether the bytes hold nothing: blanks, or the zeros a power loss can leave
+/// where data was not yet on the disk.
+fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0 || b.is_ascii_whitespace())
+}
+
+/// The header and entries of the log (none if there is no log yet).
+fn read_log(path: &Path) -> Result<(Header, Vec<Entry>), OutboxError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let lines: Vec<(usize, &[u8])> = bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    let mut header = Header::default();
+    let mut entries = Vec::new();
+    for (n, &(i, line)) in lines.iter().enumerate() {
+        match Line::parse(line) {
+            Ok(Line::Entry(entry)) => entries.push(entry),
+            Ok(Line::Header(h)) => header = h,
+            // A torn last line (cut short, or zeros after a power loss): it was
+            // never synced, so never acknowledged, and its alert will be produced again.
+            Err(e) if n + 1 == lines.len() => {
+                tracing::warn!(
+                    path = %path.display(),
+                    line = i + 1,
+                    error = %e,
+                    "dropping the torn last line of the outbox"
+                );
+            }
+            Err(e) => {
+                return Err(OutboxError::Corrupt {
+                    path: path.display().to_string(),
+                    line: i + 1,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok((header, entries))
+}
+
+/// A sink's cursor; none or an empty one (a power loss before its data reached
+/// the disk) means nothing delivered yet.
+fn read_cursor(path: &Path) -> Result<Cursor, OutboxError> {
+    match std::fs::read(path) {
+        Ok(bytes) if is_blank(&bytes) => {
+            tracing::warn!(
+                path = %path.display(),
+                "empty outbox cursor; its sink gets every pending alert again"
+            );
+            Ok(Cursor::default())
+        }
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| OutboxError::Corrupt {
+            path: path.display().to_string(),
+            line: 1,
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Cursor::default()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Replaces `dir/name` with `bytes`, whole or not at all and durably: a synced
+/// temporary file renamed into place, then the folder synced so that the
+/// rename itself survives a power loss.
+fn replace_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), OutboxError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(bytes).map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    File::open(dir)
+        .and_then(|folder| folder.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// `value` as one line of JSON.
+fn json_line(value: &impl Serialize, path: &Path) -> Result<Vec<u8>, OutboxError> {
+    let mut line = serde_json::to_vec(value).map_err(|e| io_err(path)(std::io::Error::other(e)))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// What one sink has delivered: everything up to `through`, plus `above` beyond it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Cursor {
@@ -52,6 +173,11 @@ struct Cursor {
 impl Cursor {
     fn done(&self, seq: u64) -> bool {
         seq <= self.through || self.above.contains(&seq)
+    }
+
+    /// The highest sequence number marked done.
+    fn last(&self) -> u64 {
+        self.above.last().copied().unwrap_or(self.through)
     }
 
     fn mark(&mut self, seq: u64) {
@@ -76,7 +202,8 @@ struct Inner {
     in_flight: BTreeMap<String, BTreeSet<u64>>,
     /// Ids of alerts lately delivered to every sink, oldest first (bounded), so an
     /// alert detected again after a restart re-read its input is not sent twice.
-    delivered: std::collections::VecDeque<String>,
+    /// Kept across restarts by the log: its entries until the next start, then its header.
+    delivered: VecDeque<String>,
     unsynced: bool,
 }
 
@@ -95,61 +222,39 @@ impl Outbox {
     /// log and the cursors so undelivered alerts are pending again.
     pub fn open(dir: &Path, sinks: &[String]) -> Result<Outbox, OutboxError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let log_path = dir.join(LOG);
-        let mut entries = Vec::new();
-        if log_path.exists() {
-            let file = File::open(&log_path).map_err(io_err(&log_path))?;
-            for (i, line) in BufReader::new(file).lines().enumerate() {
-                let line = line.map_err(io_err(&log_path))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<Entry>(&line) {
-                    Ok(entry) => entries.push(entry),
-                    // A torn last line from a crash mid-append: the alert was never acknowledged
-                    // (offsets are stored only after a sync), so it will be produced again.
-                    Err(e) if e.is_eof() => break,
-                    Err(e) => {
-                        return Err(OutboxError::Corrupt {
-                            path: log_path.display().to_string(),
-                            line: i + 1,
-                            message: e.to_string(),
-                        });
-                    }
-                }
-            }
-        }
+        let (header, entries) = read_log(&dir.join(LOG))?;
         let mut cursors = BTreeMap::new();
         for sink in sinks {
-            let path = dir.join(format!("{sink}.cursor"));
-            let cursor = match std::fs::read(&path) {
-                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| OutboxError::Corrupt {
-                    path: path.display().to_string(),
-                    line: 1,
-                    message: e.to_string(),
-                })?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Cursor::default(),
-                Err(e) => return Err(io_err(&path)(e)),
-            };
+            let cursor = read_cursor(&dir.join(format!("{sink}.cursor")))?;
             cursors.insert(sink.clone(), cursor);
         }
-        let next_seq = entries.last().map_or(1, |e| e.seq + 1);
-        let pending = entries
-            .into_iter()
-            .filter(|e| cursors.values().any(|c: &Cursor| !c.done(e.seq)))
-            .map(|e| (e.seq, Arc::new(e.alert)))
-            .collect();
-        // Rewrite the log with only what is still pending, so it never grows without bound.
+        // Past every number in use; the cursors count too, for a log compacted
+        // (to nothing) before it had a header.
+        let next_seq = entries
+            .iter()
+            .map(|e| e.seq)
+            .chain(cursors.values().map(Cursor::last))
+            .max()
+            .map_or(1, |seq| seq + 1)
+            .max(header.next_seq);
         let mut inner = Inner {
             log: File::create(dir.join("alerts.log.tmp")).map_err(io_err(dir))?,
             dir: dir.to_path_buf(),
             next_seq,
-            pending,
+            pending: BTreeMap::new(),
             cursors,
             in_flight: BTreeMap::new(),
-            delivered: std::collections::VecDeque::new(),
+            delivered: header.delivered,
             unsynced: false,
         };
+        for entry in entries {
+            if inner.cursors.values().any(|c| !c.done(entry.seq)) {
+                inner.pending.insert(entry.seq, Arc::new(entry.alert));
+            } else {
+                inner.remember_delivered(entry.alert.id);
+            }
+        }
+        // Rewrite the log with only what is still pending, so it never grows without bound.
         inner.compact()?;
         Ok(Outbox {
             inner: Arc::new(Mutex::new(inner)),
@@ -175,13 +280,14 @@ impl Outbox {
             return Ok(0);
         }
         let seq = inner.next_seq;
-        let mut line = serde_json::to_vec(&Entry {
-            seq,
-            alert: alert.clone(),
-        })
-        .map_err(|e| io_err(&inner.dir)(std::io::Error::other(e)))?;
-        line.push(b'\n');
         let path = inner.dir.join(LOG);
+        let line = json_line(
+            &Entry {
+                seq,
+                alert: alert.clone(),
+            },
+            &path,
+        )?;
         inner.log.write_all(&line).map_err(io_err(&path))?;
         inner.next_seq += 1;
         inner.unsynced = true;
@@ -249,17 +355,11 @@ impl Outbox {
         cursor.mark(seq);
         let bytes =
             serde_json::to_vec(&*cursor).map_err(|e| io_err(&dir)(std::io::Error::other(e)))?;
-        let path = dir.join(format!("{sink}.cursor"));
-        let tmp = dir.join(format!("{sink}.cursor.tmp"));
-        std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        replace_durably(&dir, &format!("{sink}.cursor"), &bytes)?;
         if inner.cursors.values().all(|c| c.done(seq))
             && let Some(alert) = inner.pending.remove(&seq)
         {
-            if inner.delivered.len() >= RECENTLY_DELIVERED {
-                inner.delivered.pop_front();
-            }
-            inner.delivered.push_back(alert.id.clone());
+            inner.remember_delivered(alert.id.clone());
         }
         Ok(())
     }
@@ -280,22 +380,29 @@ impl Outbox {
 }
 
 impl Inner {
-    /// Rewrites the log with the pending entries only (temporary file, then rename).
+    fn remember_delivered(&mut self, id: String) {
+        if self.delivered.len() >= RECENTLY_DELIVERED {
+            self.delivered.pop_front();
+        }
+        self.delivered.push_back(id);
+    }
+
+    /// Rewrites the log as the header and the pending entries (temporary file, then rename).
     fn compact(&mut self) -> Result<(), OutboxError> {
-        let tmp = self.dir.join("alerts.log.tmp");
         let path = self.dir.join(LOG);
-        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let header = Header {
+            next_seq: self.next_seq,
+            delivered: self.delivered.clone(),
+        };
+        let mut bytes = json_line(&header, &path)?;
         for (seq, alert) in &self.pending {
-            let mut line = serde_json::to_vec(&Entry {
+            let entry = Entry {
                 seq: *seq,
                 alert: (**alert).clone(),
-            })
-            .map_err(|e| io_err(&tmp)(std::io::Error::other(e)))?;
-            line.push(b'\n');
-            file.write_all(&line).map_err(io_err(&tmp))?;
+            };
+            bytes.extend(json_line(&entry, &path)?);
         }
-        file.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        replace_durably(&self.dir, LOG, &bytes)?;
         self.log = OpenOptions::new()
             .append(true)
             .open(&path)
@@ -328,15 +435,30 @@ mod tests {
         .into_alert("d", "k", Severity::High, None)
     }
 
+    /// Opens the outbox and appends (and syncs) alerts 0 to `count - 1`.
+    fn open_with_alerts(dir: &Path, sinks: &[String], count: u32) -> Outbox {
+        let outbox = Outbox::open(dir, sinks).unwrap();
+        for n in 0..count {
+            outbox.append(&alert(n)).unwrap();
+        }
+        outbox.sync().unwrap();
+        outbox
+    }
+
+    /// The summaries of what the sink takes.
+    fn take_summaries(outbox: &Outbox, sink: &str) -> Vec<String> {
+        outbox
+            .take(sink, 10)
+            .iter()
+            .map(|(_, a)| a.summary.clone())
+            .collect()
+    }
+
     #[test]
     fn undelivered_alerts_survive_a_reopen_and_delivered_ones_do_not_return() {
         let dir = tempfile::tempdir().unwrap();
         let sinks = vec!["webhook".to_string(), "email".to_string()];
-        let outbox = Outbox::open(dir.path(), &sinks).unwrap();
-        for n in 0..3 {
-            outbox.append(&alert(n)).unwrap();
-        }
-        outbox.sync().unwrap();
+        let outbox = open_with_alerts(dir.path(), &sinks, 3);
         let taken = outbox.take("webhook", 10);
         assert_eq!(taken.len(), 3);
         assert!(
@@ -350,12 +472,7 @@ mod tests {
 
         // "Crash" and reopen: webhook still owes #2, email owes all three.
         let outbox = Outbox::open(dir.path(), &sinks).unwrap();
-        let again: Vec<String> = outbox
-            .take("webhook", 10)
-            .iter()
-            .map(|(_, a)| a.summary.clone())
-            .collect();
-        assert_eq!(again, ["alert 1"]);
+        assert_eq!(take_summaries(&outbox, "webhook"), ["alert 1"]);
         assert_eq!(outbox.backlog("email"), 3);
         for (seq, _) in outbox.take("email", 10) {
             outbox.finish("email", seq).unwrap();
@@ -366,7 +483,55 @@ mod tests {
         let outbox = Outbox::open(dir.path(), &sinks).unwrap();
         assert_eq!(outbox.depth(), 0, "compaction keeps nothing delivered");
         let log = std::fs::read_to_string(dir.path().join(LOG)).unwrap();
-        assert!(log.is_empty());
+        assert_eq!(log.lines().count(), 1, "only the header is left: {log}");
+    }
+
+    /// Delivers everything pending to every sink.
+    fn deliver_all(outbox: &Outbox, sinks: &[String]) {
+        for sink in sinks {
+            for (seq, _) in outbox.take(sink, usize::MAX) {
+                outbox.finish(sink, seq).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn alerts_after_two_restarts_with_nothing_pending_are_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec!["webhook".to_string(), "email".to_string()];
+        let outbox = open_with_alerts(dir.path(), &sinks, 3);
+        deliver_all(&outbox, &sinks);
+        drop(outbox);
+        // The second life finds nothing pending: compaction empties the log.
+        drop(Outbox::open(dir.path(), &sinks).unwrap());
+        let outbox = Outbox::open(dir.path(), &sinks).unwrap();
+        outbox.append(&alert(10)).unwrap();
+        outbox.sync().unwrap();
+        for sink in &sinks {
+            assert_eq!(
+                take_summaries(&outbox, sink),
+                ["alert 10"],
+                "{sink} gets the new alert"
+            );
+        }
+    }
+
+    #[test]
+    fn a_delivered_alert_detected_again_after_restarts_is_not_queued_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec!["s".to_string()];
+        let outbox = open_with_alerts(dir.path(), &sinks, 1);
+        deliver_all(&outbox, &sinks);
+        drop(outbox);
+        for restart in 1..=2 {
+            let outbox = Outbox::open(dir.path(), &sinks).unwrap();
+            outbox.append(&alert(0)).unwrap();
+            assert_eq!(
+                outbox.backlog("s"),
+                0,
+                "queued again after restart {restart}"
+            );
+        }
     }
 
     #[test]
@@ -386,20 +551,62 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_line_is_ignored() {
+    fn a_torn_or_nul_filled_last_line_is_dropped() {
+        let tails: [&[u8]; 4] = [
+            b"{\"seq\":2,\"alert\":{\"id\":\"",
+            // After a power loss the unsynced end of a file can read back as zeros.
+            &[0; 64],
+            b"{\"seq\":2,\"alert\":{\"id\":\"\0\0\0\0",
+            // Cut inside a multi-byte character.
+            b"{\"seq\":2,\"alert\":{\"summary\":\"\xc3",
+        ];
+        for tail in tails {
+            let dir = tempfile::tempdir().unwrap();
+            let sinks = vec!["s".to_string()];
+            drop(open_with_alerts(dir.path(), &sinks, 1));
+            let mut log = OpenOptions::new()
+                .append(true)
+                .open(dir.path().join(LOG))
+                .unwrap();
+            log.write_all(tail).unwrap();
+            let outbox = Outbox::open(dir.path(), &sinks)
+                .unwrap_or_else(|e| panic!("tail {:?}: {e}", String::from_utf8_lossy(tail)));
+            assert_eq!(outbox.backlog("s"), 1);
+            drop(outbox);
+            let outbox = Outbox::open(dir.path(), &sinks).unwrap();
+            assert_eq!(outbox.backlog("s"), 1, "compaction removed the torn line");
+        }
+    }
+
+    #[test]
+    fn a_corrupt_line_before_the_last_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let sinks = vec!["s".to_string()];
-        let outbox = Outbox::open(dir.path(), &sinks).unwrap();
-        outbox.append(&alert(1)).unwrap();
-        outbox.sync().unwrap();
+        drop(open_with_alerts(dir.path(), &sinks, 2));
+        let path = dir.path().join(LOG);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        let cut = &lines[1][..lines[1].len() / 2];
+        lines[1] = cut;
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        match Outbox::open(dir.path(), &sinks) {
+            Err(OutboxError::Corrupt { line: 2, .. }) => {}
+            Err(e) => panic!("not the corrupt line: {e}"),
+            Ok(_) => panic!("a corrupt line in the middle of the outbox was skipped"),
+        }
+    }
+
+    #[test]
+    fn an_empty_cursor_file_means_nothing_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec!["s".to_string()];
+        let outbox = open_with_alerts(dir.path(), &sinks, 2);
+        deliver_all(&outbox, &sinks);
         drop(outbox);
-        let mut log = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(LOG))
-            .unwrap();
-        log.write_all(b"{\"seq\":2,\"alert\":{\"id\":\"").unwrap();
+        // A cursor renamed into place before its data reached the disk.
+        std::fs::write(dir.path().join("s.cursor"), b"").unwrap();
         let outbox = Outbox::open(dir.path(), &sinks).unwrap();
-        assert_eq!(outbox.backlog("s"), 1);
+        assert_eq!(outbox.backlog("s"), 2, "delivered again (at least once)");
     }
 
     #[test]
