@@ -59,14 +59,14 @@ struct Header {
 /// One line of the log.
 enum Line {
     Header(Header),
-    Entry(Entry),
+    Entry(Box<Entry>),
 }
 
 impl Line {
     /// Parses a line; on failure, the error is the one of parsing it as an entry.
     fn parse(line: &[u8]) -> Result<Line, serde_json::Error> {
         match serde_json::from_slice(line) {
-            Ok(entry) => Ok(Line::Entry(entry)),
+            Ok(entry) => Ok(Line::Entry(Box::new(entry))),
             Err(e) => serde_json::from_slice(line)
                 .map(Line::Header)
                 .map_err(|_| e),
@@ -96,7 +96,7 @@ fn read_log(path: &Path) -> Result<(Header, Vec<Entry>), OutboxError> {
     let mut entries = Vec::new();
     for (n, &(i, line)) in lines.iter().enumerate() {
         match Line::parse(line) {
-            Ok(Line::Entry(entry)) => entries.push(entry),
+            Ok(Line::Entry(entry)) => entries.push(*entry),
             Ok(Line::Header(h)) => header = h,
             // A torn last line (cut short, or zeros after a power loss): it was
             // never synced, so never acknowledged, and its alert will be produced again.
