@@ -9,6 +9,8 @@ pub mod email;
 pub mod http;
 pub mod outbox;
 pub mod router;
+#[cfg(test)]
+mod test_support;
 pub mod worker;
 
 use std::time::Duration;

@@ -414,45 +414,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::Severity;
-    use crate::detect::alert::{Evidence, Finding};
-    use chrono::{TimeZone, Utc};
-
-    fn alert(n: u32) -> Alert {
-        let t = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
-        Finding {
-            identity: format!("app:a{n}"),
-            app_id: None,
-            score: 50.0,
-            window_start: t,
-            window_end: t,
-            summary: format!("alert {n}"),
-            evidence: Evidence::default(),
-            sql_filter: String::new(),
-            raise: 0,
-            variant: "v",
-        }
-        .into_alert("d", "k", Severity::High, None)
-    }
-
-    /// Opens the outbox and appends (and syncs) alerts 0 to `count - 1`.
-    fn open_with_alerts(dir: &Path, sinks: &[String], count: u32) -> Outbox {
-        let outbox = Outbox::open(dir, sinks).unwrap();
-        for n in 0..count {
-            outbox.append(&alert(n)).unwrap();
-        }
-        outbox.sync().unwrap();
-        outbox
-    }
-
-    /// The summaries of what the sink takes.
-    fn take_summaries(outbox: &Outbox, sink: &str) -> Vec<String> {
-        outbox
-            .take(sink, 10)
-            .iter()
-            .map(|(_, a)| a.summary.clone())
-            .collect()
-    }
+    use crate::deliver::test_support::{alert, open_with_alerts, take_summaries};
 
     #[test]
     fn undelivered_alerts_survive_a_reopen_and_delivered_ones_do_not_return() {

@@ -2,6 +2,7 @@
 //! the outbox with bounded in-flight requests and capped exponential backoff,
 //! so a sink that is down delays only itself.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -31,6 +32,12 @@ pub struct DeliverSettings {
     pub retry_initial_ms: u64,
     /// Longest retry delay.
     pub retry_max_ms: u64,
+    /// Failed attempts after which a sink gives up on an alert (counted in
+    /// `appwarden_sink_given_up_total`), so that one alert it cannot take does
+    /// not hold up the ones behind it. A sink down for longer than these
+    /// attempts take gives up on its oldest alerts.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
     /// At shutdown, how long the sinks may keep delivering what is pending.
     #[serde(default = "default_drain_secs")]
     pub drain_on_shutdown_secs: u64,
@@ -41,6 +48,9 @@ pub struct DeliverSettings {
 
 fn default_drain_secs() -> u64 {
     5
+}
+fn default_max_attempts() -> u32 {
+    50
 }
 
 impl DeliverSettings {
@@ -71,6 +81,9 @@ impl DeliverSettings {
                 "deliver.retry_max_ms".into(),
                 "retry_initial_ms must be at least 1 and at most retry_max_ms".into(),
             ));
+        }
+        if self.max_attempts == 0 {
+            return Err(("deliver.max_attempts".into(), "must be at least 1".into()));
         }
         if !self.sinks.is_empty() && self.outbox_dir.trim().is_empty() {
             return Err((
@@ -104,6 +117,25 @@ impl Sink {
     }
 }
 
+/// What a sink worker needs of its sink: [`Sink`] in the daemon, an in-process one in tests.
+trait Deliver: Send + Sync + 'static {
+    fn deliver(&self, alert: &Alert) -> impl Future<Output = Result<(), DeliveryError>> + Send;
+}
+
+impl Deliver for Sink {
+    fn deliver(&self, alert: &Alert) -> impl Future<Output = Result<(), DeliveryError>> + Send {
+        Sink::deliver(self, alert)
+    }
+}
+
+/// How a worker retries failed deliveries.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    initial: Duration,
+    max: Duration,
+    max_attempts: u32,
+}
+
 /// Delivery counters, per configured sink (sinks are few, so a fine label).
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
@@ -119,7 +151,8 @@ pub struct SinkCounters {
     pub delivered: AtomicU64,
     /// Failed attempts that will be retried (timeouts, 5xx, refused connections).
     pub retries: AtomicU64,
-    /// Alerts the sink refused for good (4xx, bad address); not retried.
+    /// Alerts the sink refused for good (4xx, bad address) or that failed
+    /// `deliver.max_attempts` times; not retried.
     pub given_up: AtomicU64,
 }
 
@@ -188,10 +221,11 @@ impl Delivery {
         }
         let names: Vec<String> = settings.sinks.iter().map(|s| s.name.clone()).collect();
         let outbox = Outbox::open(std::path::Path::new(settings.outbox_dir.trim()), &names)?;
-        let backoff = (
-            Duration::from_millis(settings.retry_initial_ms),
-            Duration::from_millis(settings.retry_max_ms),
-        );
+        let retry = Retry {
+            initial: Duration::from_millis(settings.retry_initial_ms),
+            max: Duration::from_millis(settings.retry_max_ms),
+            max_attempts: settings.max_attempts,
+        };
         let mut workers = Vec::new();
         for (sink_settings, counters) in settings.sinks.iter().zip(&stats.sinks) {
             let sink = Sink::new(sink_settings).map_err(|message| DeliverError::Sink {
@@ -202,7 +236,7 @@ impl Delivery {
                 Arc::new(sink),
                 sink_settings.clone(),
                 outbox.clone(),
-                backoff,
+                retry,
                 wake.clone(),
                 counters.clone(),
                 shutdown.clone(),
@@ -268,17 +302,23 @@ impl Delivery {
 }
 
 /// Delivers one sink's backlog until shutdown.
-async fn run_sink(
-    sink: Arc<Sink>,
+async fn run_sink<S: Deliver>(
+    sink: Arc<S>,
     settings: SinkSettings,
     outbox: Outbox,
-    (initial, max): (Duration, Duration),
+    Retry {
+        initial,
+        max,
+        max_attempts,
+    }: Retry,
     wake: Arc<Notify>,
     stats: Arc<SinkCounters>,
     shutdown: CancellationToken,
 ) {
     let name = settings.name.clone();
     let mut failures: u32 = 0;
+    // Failed attempts per alert still being retried (since this start).
+    let mut failed_attempts: HashMap<u64, u32> = HashMap::new();
     loop {
         let batch = outbox.take(&name, settings.max_in_flight);
         if batch.is_empty() {
@@ -290,6 +330,8 @@ async fn run_sink(
             }
         }
         let mut attempts = JoinSet::new();
+        // The alert behind each attempt, by task: a panicked attempt still gives its slot back.
+        let mut flying = HashMap::new();
         for (seq, alert) in batch {
             if !settings.wants(&alert) {
                 if let Err(error) = outbox.finish(&name, seq) {
@@ -299,38 +341,63 @@ async fn run_sink(
             }
             let sink = sink.clone();
             let timeout = settings.timeout();
-            attempts.spawn(async move {
-                let result = match tokio::time::timeout(timeout, sink.deliver(&alert)).await {
+            let attempt = alert.clone();
+            let task = attempts.spawn(async move {
+                match tokio::time::timeout(timeout, sink.deliver(&attempt)).await {
                     Ok(result) => result,
                     Err(_) => Err(DeliveryError::Retry(format!(
                         "no answer within {timeout:?}"
                     ))),
-                };
-                (seq, alert, result)
+                }
             });
+            flying.insert(task.id(), (seq, alert));
         }
         let mut retry = false;
         loop {
             let joined = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                joined = attempts.join_next() => joined,
+                joined = attempts.join_next_with_id() => joined,
             };
             let Some(joined) = joined else { break };
-            let Ok((seq, alert, result)) = joined else {
+            let (task, result) = match joined {
+                Ok((task, result)) => (task, result),
+                // A panic fails the attempt like an error (a repeatable one ends in a give-up).
+                Err(error) => (
+                    error.id(),
+                    Err(DeliveryError::Retry(format!("the attempt failed: {error}"))),
+                ),
+            };
+            let Some((seq, alert)) = flying.remove(&task) else {
                 continue;
+            };
+            let result = match result {
+                Err(DeliveryError::Retry(message)) => {
+                    let failed = failed_attempts.entry(seq).or_default();
+                    *failed += 1;
+                    if *failed >= max_attempts {
+                        Err(DeliveryError::Fatal(format!(
+                            "{message}; failed {failed} times (deliver.max_attempts)"
+                        )))
+                    } else {
+                        Err(DeliveryError::Retry(message))
+                    }
+                }
+                other => other,
             };
             match result {
                 Ok(()) => {
+                    failed_attempts.remove(&seq);
                     stats.delivered.fetch_add(1, Ordering::Relaxed);
                     if let Err(error) = outbox.finish(&name, seq) {
                         tracing::error!(sink = %name, %error, "cannot record a delivery");
                     }
                 }
                 Err(DeliveryError::Fatal(message)) => {
+                    failed_attempts.remove(&seq);
                     stats.given_up.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(sink = %name, alert = %alert.id, %message, "sink refused the alert; not retried");
+                    tracing::error!(sink = %name, alert = %alert.id, %message, "giving up on the alert for this sink");
                     if let Err(error) = outbox.finish(&name, seq) {
-                        tracing::error!(sink = %name, %error, "cannot record a refused alert");
+                        tracing::error!(sink = %name, %error, "cannot record a given-up alert");
                     }
                 }
                 Err(DeliveryError::Retry(message)) => {
@@ -352,5 +419,113 @@ async fn run_sink(
         } else {
             failures = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::test_support::{open_with_alerts, take_summaries};
+    use crate::detect::Severity;
+    use crate::settings::SecretRef;
+    use tokio::sync::mpsc;
+
+    /// An in-process sink that reports every attempt and cannot take one alert:
+    /// it answers a retryable error for it, or panics.
+    struct Refusing {
+        summary: &'static str,
+        panics: bool,
+        attempts: mpsc::UnboundedSender<String>,
+    }
+
+    impl Deliver for Refusing {
+        async fn deliver(&self, alert: &Alert) -> Result<(), DeliveryError> {
+            let _ = self.attempts.send(alert.summary.clone());
+            if alert.summary != self.summary {
+                return Ok(());
+            }
+            if self.panics {
+                panic!("the sink cannot format {}", alert.summary);
+            }
+            Err(DeliveryError::Retry("HTTP 500".into()))
+        }
+    }
+
+    /// Alert 0 cannot be delivered, alert 1 can, through a sink with one slot:
+    /// alert 0 is given up after `max_attempts`, for good, and alert 1 goes out.
+    async fn one_bad_alert_does_not_hold_up_the_next(panics: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec!["s".to_string()];
+        let outbox = open_with_alerts(dir.path(), &sinks, 2);
+        let (attempts, mut seen) = mpsc::unbounded_channel();
+        let sink = Refusing {
+            summary: "alert 0",
+            panics,
+            attempts,
+        };
+        let settings = SinkSettings {
+            name: "s".into(),
+            min_severity: Severity::Low,
+            timeout_secs: 5,
+            max_in_flight: 1,
+            kind: SinkKind::Webhook {
+                url: "http://127.0.0.1:9/hook".into(),
+                signing_key: SecretRef {
+                    env: Some("UNUSED".into()),
+                    file: None,
+                },
+            },
+        };
+        let retry = Retry {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(1),
+            max_attempts: 3,
+        };
+        let stats = DeliveryStats::for_sinks(std::slice::from_ref(&settings)).sinks[0].clone();
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(run_sink(
+            Arc::new(sink),
+            settings,
+            outbox.clone(),
+            retry,
+            Arc::new(Notify::new()),
+            stats.clone(),
+            shutdown.clone(),
+        ));
+        let mut tried = Vec::new();
+        let next_one = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(summary) = seen.recv().await {
+                tried.push(summary);
+                if tried.last().is_some_and(|s| s == "alert 1") {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            next_one.is_ok(),
+            "alert 1 never tried; alert 0 tried {} times",
+            tried.len()
+        );
+        assert_eq!(tried, ["alert 0", "alert 0", "alert 0", "alert 1"]);
+        assert_eq!(stats.given_up.load(Ordering::Relaxed), 1);
+        shutdown.cancel();
+        worker.await.unwrap();
+        drop(outbox);
+        let outbox = Outbox::open(dir.path(), &sinks).unwrap();
+        assert!(
+            !take_summaries(&outbox, "s").contains(&"alert 0".to_string()),
+            "given up for good, not retried after a restart"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_alert_that_always_fails_is_given_up_after_max_attempts() {
+        one_bad_alert_does_not_hold_up_the_next(false).await;
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_panics_gives_its_slot_back() {
+        one_bad_alert_does_not_hold_up_the_next(true).await;
     }
 }

@@ -95,6 +95,7 @@ async fn webhook_outage_delays_but_loses_and_doubles_nothing() {
         group_window_secs: 3600,
         retry_initial_ms: 50,
         retry_max_ms: 400,
+        max_attempts: 50,
         drain_on_shutdown_secs: 5,
         sinks: vec![webhook(port, &key)],
     };
