@@ -26,6 +26,12 @@ use serde::{Deserialize, Serialize};
 use crate::history::{HistorySettings, Store, schema};
 use crate::settings::SecretRef;
 
+/// Stack of each query runtime thread. DataFusion's planner and optimizer
+/// recurse over the syntax and plan trees; this holds [`guard::MAX_NESTING`]
+/// levels with room to spare even unoptimized (about 25 KiB a level), and it
+/// is only address space until a deep query touches it.
+const QUERY_THREAD_STACK_BYTES: usize = 16 * 1024 * 1024;
+
 /// `[query]` settings: limits of `appwarden query` and of `POST /v1/query`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +181,7 @@ impl QueryEngine {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(query.threads.max(1))
             .thread_name("query")
+            .thread_stack_size(QUERY_THREAD_STACK_BYTES)
             .enable_all()
             .build()
             .map_err(|e| QueryError::Open(e.to_string()))?;
@@ -188,8 +195,10 @@ impl QueryEngine {
     }
 
     /// Runs one read-only query on the query runtime; awaitable from any runtime.
+    ///
+    /// Even the guard runs there: its passes over the syntax tree recurse, and
+    /// the query runtime's threads have the stack for it.
     pub async fn run(&self, sql: &str) -> Result<Answer, QueryError> {
-        guard::check(sql)?;
         let ctx = self.ctx.clone();
         let sql = sql.to_string();
         let max_rows = self.max_rows;
@@ -221,6 +230,7 @@ impl Drop for QueryEngine {
 }
 
 async fn execute(ctx: SessionContext, sql: &str, max_rows: usize) -> Result<Answer, QueryError> {
+    guard::check(sql)?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -349,4 +359,44 @@ pub fn write_answer(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> QuerySettings {
+        QuerySettings {
+            token: None,
+            timeout_secs: 60,
+            max_rows: 100,
+            memory_limit_mib: 64,
+            threads: 1,
+        }
+    }
+
+    /// An engine over an empty history in `dir`.
+    fn engine(dir: &tempfile::TempDir, settings: &QuerySettings) -> QueryEngine {
+        let root = dir.path().to_str().expect("a UTF-8 temp path");
+        let store = Store::open(root, &Default::default()).expect("open the store");
+        QueryEngine::over(&store, settings).expect("open the engine")
+    }
+
+    #[tokio::test]
+    async fn the_deepest_query_the_guard_allows_runs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = engine(&dir, &settings());
+        let sql = format!("SELECT 1{}", " + 1".repeat(guard::MAX_NESTING - 1));
+        let answer = engine
+            .run(&sql)
+            .await
+            .expect("the deepest allowed query runs");
+        assert_eq!(answer.rows, 1);
+        let deeper = format!("{sql} + 1");
+        let refused = engine
+            .run(&deeper)
+            .await
+            .expect_err("one level deeper is refused");
+        assert!(refused.is_client_error(), "{refused}");
+    }
 }
