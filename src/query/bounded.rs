@@ -68,16 +68,11 @@ impl PerRow {
     fn get(&self, row: usize) -> i64 {
         let value = match self {
             PerRow::Same(value) => *value,
-            PerRow::Each(array) => (!array.is_null(row)).then(|| array.value(row)),
+            PerRow::Each(array) => {
+                (row < array.len() && !array.is_null(row)).then(|| array.value(row))
+            }
         };
         value.unwrap_or(0).max(0)
-    }
-
-    fn rows(&self) -> Option<usize> {
-        match self {
-            PerRow::Same(_) => None,
-            PerRow::Each(array) => Some(array.len()),
-        }
     }
 }
 
@@ -114,7 +109,7 @@ fn integers(arg: &ColumnarValue) -> Result<PerRow> {
 
 impl Bounded {
     /// The most the call's output can take, in bytes, saturating.
-    fn most_bytes(&self, args: &[ColumnarValue]) -> Result<u64> {
+    fn most_bytes(&self, args: &[ColumnarValue], number_rows: usize) -> Result<u64> {
         let (first, second) = match self.growth {
             Growth::Repeat => (args.first().map(byte_lengths), args.get(1).map(integers)),
             Growth::Pad => (None, args.get(1).map(integers)),
@@ -125,8 +120,10 @@ impl Bounded {
         };
         let first = first.transpose()?.unwrap_or(PerRow::Same(Some(1)));
         let second = second.transpose()?.unwrap_or(PerRow::Same(None));
-        // Scalars only: the output is one scalar.
-        let rows = first.rows().or(second.rows()).unwrap_or(1);
+        // Scalars only: the output is one scalar; any array argument (even
+        // one not counted, like `lpad`'s string) makes one value per row.
+        let any_array = args.iter().any(|a| matches!(a, ColumnarValue::Array(_)));
+        let rows = if any_array { number_rows } else { 1 };
         let mut total: u64 = 0;
         for row in 0..rows {
             let (a, b) = (first.get(row) as u64, second.get(row) as u64);
@@ -177,7 +174,7 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let most = self.most_bytes(&args.args)?;
+        let most = self.most_bytes(&args.args, args.number_rows)?;
         if most > self.max_bytes {
             return exec_err!(
                 "{}() would build up to {most} bytes in one call, over query.max_result_mib ({} MiB)",

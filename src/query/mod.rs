@@ -539,6 +539,7 @@ mod tests {
             "SELECT replace(repeat('x', 2000), 'x', repeat('y', 1000))",
             // Per row each is small; the call's output is not.
             "SELECT repeat('ab', n) FROM (VALUES (10), (600000), (600000)) t(n)",
+            "SELECT lpad(s, 200000) FROM (VALUES ('a'), ('b')) t(s)",
         ] {
             let refused = match engine.run(sql).await {
                 Ok(answer) => panic!("{sql}: built {} rows", answer.rows),
