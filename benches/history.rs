@@ -326,6 +326,7 @@ fn main() {
             token: None,
             timeout_secs: 600,
             max_rows: 1000,
+            max_result_mib: 64,
             memory_limit_mib: 2048,
             threads: 2,
         },

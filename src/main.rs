@@ -345,7 +345,7 @@ async fn query(
     write_answer(&answer, format, &mut out)?;
     if answer.truncated {
         eprintln!(
-            "note: output cut at {} rows (--max-rows or query.max_rows)",
+            "note: output cut at {} rows (--max-rows, query.max_rows or query.max_result_mib)",
             answer.rows
         );
     }

@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::Observed;
-use crate::query::{QueryEngine, QueryError, answer_json};
+use crate::query::{QueryEngine, QueryError};
 
 /// Largest query request body.
 const MAX_QUERY_BODY: usize = 64 * 1024;
@@ -32,7 +32,9 @@ const MAX_CONCURRENT_QUERIES: usize = 2;
 pub struct QueryEndpoint {
     pub engine: QueryEngine,
     token_digest: [u8; 32],
-    running: Semaphore,
+    /// Permits go with the query tasks, so a query whose client left still
+    /// counts until it has really stopped.
+    running: Arc<Semaphore>,
 }
 
 impl QueryEndpoint {
@@ -40,7 +42,7 @@ impl QueryEndpoint {
         QueryEndpoint {
             engine,
             token_digest: Sha256::digest(token.as_bytes()).into(),
-            running: Semaphore::new(MAX_CONCURRENT_QUERIES),
+            running: Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES)),
         }
     }
 
@@ -208,26 +210,23 @@ async fn query(app: &App, request: Request<Incoming>) -> Reply {
             );
         }
     };
-    let Ok(_permit) = endpoint.running.try_acquire() else {
+    let Ok(permit) = endpoint.running.clone().try_acquire_owned() else {
         return error_reply(
             StatusCode::TOO_MANY_REQUESTS,
             "too many queries running; try again shortly",
         );
     };
-    let answer = match endpoint.engine.run(&sql).await {
-        Ok(answer) => answer,
+    match endpoint.engine.run_json(&sql, permit).await {
+        Ok(body) => reply(StatusCode::OK, "application/json", body),
         Err(error) => {
             let status = match &error {
                 QueryError::Refused(_) | QueryError::Failed(_) => StatusCode::BAD_REQUEST,
                 QueryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 QueryError::NoHistory | QueryError::Open(_) => StatusCode::SERVICE_UNAVAILABLE,
+                QueryError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            return error_reply(status, &error.to_string());
+            error_reply(status, &error.to_string())
         }
-    };
-    match answer_json(&answer) {
-        Ok(body) => reply(StatusCode::OK, "application/json", body),
-        Err(error) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
     }
 }
 
