@@ -64,6 +64,21 @@ pub enum EngineError {
     Snapshot(String),
 }
 
+/// A duration of `n` seconds, saturating instead of panicking past what chrono holds.
+fn secs(n: u64) -> Duration {
+    Duration::try_seconds(i64::try_from(n).unwrap_or(i64::MAX)).unwrap_or(Duration::MAX)
+}
+
+/// `t + d`, saturating at the last representable time (event times come from input).
+fn plus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `t - d`, saturating at the first representable time.
+fn minus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_sub_signed(d).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// A stable hash of an identity key (FNV-1a), so routing never changes between runs.
 fn shard_of(key: &str, shards: usize) -> usize {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -187,11 +202,11 @@ impl Shard {
         let sd = &mut self.detectors[index];
         for finding in findings.drain(..) {
             let key = (finding.identity.clone(), finding.variant.to_string());
-            let suppression = Duration::seconds(sd.spec.suppression_secs as i64);
+            let suppression = secs(sd.spec.suppression_secs);
             let suppressed = sd
                 .last_alert
                 .get(&key)
-                .is_some_and(|last| finding.window_end < *last + suppression);
+                .is_some_and(|last| finding.window_end < plus(*last, suppression));
             let app = finding
                 .app_id
                 .as_deref()
@@ -251,16 +266,14 @@ impl Shard {
             .is_none_or(|last| watermark - last >= Duration::hours(1));
         if due {
             self.last_eviction = Some(watermark);
-            let before = watermark
-                .checked_sub_signed(self.idle)
-                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let before = minus(watermark, self.idle);
             for sd in &mut self.detectors {
                 let n = sd.detector.evict_idle(before);
                 self.stats
                     .evicted_identities
                     .fetch_add(n as u64, Ordering::Relaxed);
-                let keep = Duration::seconds(sd.spec.suppression_secs as i64);
-                sd.last_alert.retain(|_, t| *t + keep >= watermark);
+                let keep = secs(sd.spec.suppression_secs);
+                sd.last_alert.retain(|_, t| plus(*t, keep) >= watermark);
             }
         }
     }
@@ -486,7 +499,7 @@ impl Engine {
                 detectors,
                 watermark: None,
                 last_eviction: None,
-                idle: Duration::seconds(settings.idle_eviction_secs as i64),
+                idle: secs(settings.idle_eviction_secs),
                 stats: stats.clone(),
                 index: n,
             };
@@ -502,8 +515,8 @@ impl Engine {
             specs,
             shards,
             threads,
-            lateness: Duration::seconds(settings.allowed_lateness_secs as i64),
-            max_source_skew: Duration::seconds(settings.max_source_skew_secs as i64),
+            lateness: secs(settings.allowed_lateness_secs),
+            max_source_skew: secs(settings.max_source_skew_secs),
             max_time: None,
             sources: Vec::new(),
             watermark: None,
@@ -562,7 +575,7 @@ impl Engine {
             None => self.sources.push((source_key(origin), event.time)),
         }
         let Some(max) = self.max_time else { return };
-        let floor = max - self.max_source_skew;
+        let floor = minus(max, self.max_source_skew);
         let slowest = self
             .sources
             .iter()
@@ -570,7 +583,7 @@ impl Engine {
             .filter(|t| *t >= floor)
             .min()
             .unwrap_or(max);
-        let mark = slowest - self.lateness;
+        let mark = minus(slowest, self.lateness);
         if self.watermark.is_none_or(|w| mark > w) {
             self.watermark = Some(mark);
         }
@@ -604,7 +617,7 @@ impl Engine {
             return Ok(Vec::new());
         };
         Ok(self
-            .process_with_watermark(&[], registry, Some(max + Duration::days(1)))
+            .process_with_watermark(&[], registry, Some(plus(max, Duration::days(1))))
             .await?
             .alerts)
     }
@@ -712,7 +725,7 @@ impl Engine {
         self.sources = state.sources.clone();
         let watermark = state
             .watermark
-            .or_else(|| state.max_time.map(|t| t - self.lateness));
+            .or_else(|| state.max_time.map(|t| minus(t, self.lateness)));
         let mut per_shard: Vec<EngineState> = (0..n)
             .map(|_| EngineState {
                 max_time: watermark,
@@ -830,6 +843,26 @@ mod tests {
         let mut restored = Engine::start(&settings()).unwrap();
         restored.load(saved).await.unwrap();
         assert_eq!(restored.watermark(), engine.watermark());
+    }
+
+    #[tokio::test]
+    async fn a_first_event_in_year_minus_262143_does_not_panic_the_engine() {
+        let registry = Arc::new(Registry::default());
+        let mut engine = Engine::start(&settings()).unwrap();
+        let mut first = NormalizedEvent::new(
+            DateTime::<Utc>::MIN_UTC,
+            Product::Kong,
+            Category::EgressRequest,
+            "GET",
+        );
+        first.origin = event(0, "a", 0).origin.clone();
+        let mut last = (*event(0, "a", 0)).clone();
+        last.time = DateTime::<Utc>::MAX_UTC;
+        for e in [Arc::new(first), event(0, "a", 0), Arc::new(last)] {
+            engine.process(&[e], &registry).await.unwrap();
+        }
+        engine.finish(&registry).await.unwrap();
+        assert!(engine.watermark().is_some());
     }
 
     #[test]
