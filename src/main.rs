@@ -123,8 +123,8 @@ struct ReplayArgs {
     history: Option<String>,
     /// Delete history partitions older than this many days (by the wall clock) after
     /// writing. Default: none, so a replay of old logs keeps everything it writes;
-    /// `history.retention_days` applies to the daemon only.
-    #[arg(long, requires = "history")]
+    /// `history.retention_days` applies to the daemon only. At most 36500.
+    #[arg(long, requires = "history", value_parser = clap::value_parser!(u64).range(..=36_500))]
     retention_days: Option<u64>,
     /// Where records that cannot be decoded go (default: dead_letter.file from the
     /// settings, else appwarden-deadletter.ndjson).

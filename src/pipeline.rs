@@ -113,7 +113,8 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Events dated further ahead of the clock than `max_future_secs` are dead-lettered
-    /// (`bad_time`): one bad clock must not drag every detector's watermark into the future.
+    /// (`bad_time`), as are events dated before 1970: one bad clock must not drag the
+    /// detectors' event time into the future, nor to the edge of what dates can hold.
     pub fn with_max_future(mut self, max_future_secs: u64) -> Self {
         self.max_future =
             chrono::Duration::seconds(max_future_secs.min(i64::MAX as u64 / 2000) as i64);
@@ -211,22 +212,29 @@ impl Pipeline {
             decode::decode(format, payload, options, out)
         };
         let observed = Utc::now();
+        let latest = observed
+            .checked_add_signed(self.max_future)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let decoded = decoded.and_then(|()| {
-            match out[start..]
-                .iter()
-                .find(|e| e.time > observed + self.max_future)
-            {
-                Some(e) => {
-                    let error = DecodeError::BadTime {
-                        format,
-                        detail: format!(
-                            "event time {} is more than {} h ahead of the clock ({observed})",
-                            e.time,
-                            self.max_future.num_hours()
-                        ),
-                    };
+            let detail = out[start..].iter().find_map(|e| {
+                if e.time > latest {
+                    Some(format!(
+                        "event time {} is more than {} s ahead of the clock ({observed})",
+                        e.time,
+                        self.max_future.num_seconds()
+                    ))
+                } else if e.time < DateTime::<Utc>::UNIX_EPOCH {
+                    // Vendor logs start after 1970 (epoch forms cannot say less); a
+                    // signed year such as -262143 is a broken clock or a crafted record.
+                    Some(format!("event time {} is before 1970-01-01", e.time))
+                } else {
+                    None
+                }
+            });
+            match detail {
+                Some(detail) => {
                     out.truncate(start);
-                    Err(error)
+                    Err(DecodeError::BadTime { format, detail })
                 }
                 None => Ok(()),
             }
@@ -348,6 +356,36 @@ mod tests {
             .process(Format::Auto, &opts, &controls, origin(2), &mut out)
             .unwrap_err();
         assert!(dl.payload.is_none() && dl.payload_base64.is_some());
+    }
+
+    #[test]
+    fn a_first_event_in_year_minus_262143_is_dead_lettered_not_a_panic() {
+        let mut p = pipeline(4096);
+        let opts = DecodeOptions::default();
+        let mut out = Vec::new();
+        for (line, time) in [
+            "-262143-01-01T00:00:00",
+            "0001-01-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let record =
+                format!(r#"{{"time":"{time}","category":"api_call","principal":"bot-consumer"}}"#);
+            let dl = p
+                .process(
+                    Format::Generic,
+                    &opts,
+                    record.as_bytes(),
+                    origin(line as u64),
+                    &mut out,
+                )
+                .unwrap_err();
+            assert_eq!(dl.reason, "bad_time", "{time}: {}", dl.error);
+            assert!(dl.error.contains("before"), "{}", dl.error);
+        }
+        assert!(out.is_empty());
     }
 
     #[test]

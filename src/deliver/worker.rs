@@ -69,6 +69,12 @@ impl DeliverSettings {
             if !names.insert(sink.name.as_str()) {
                 return Err((key, format!("`{}` is used by two sinks", sink.name)));
             }
+            if sink.timeout_secs == 0 || sink.timeout_secs > 3600 {
+                return Err((
+                    format!("deliver.sinks[{i}].timeout_secs"),
+                    "must be between 1 and 3600".into(),
+                ));
+            }
             if sink.max_in_flight == 0 || sink.max_in_flight > 64 {
                 return Err((
                     format!("deliver.sinks[{i}].max_in_flight"),
@@ -85,6 +91,25 @@ impl DeliverSettings {
         if self.max_attempts == 0 {
             return Err(("deliver.max_attempts".into(), "must be at least 1".into()));
         }
+        use crate::settings::{MAX_DURATION_SECS, at_most};
+        at_most(
+            "deliver.group_window_secs",
+            self.group_window_secs,
+            MAX_DURATION_SECS,
+            "seconds (ten years)",
+        )?;
+        at_most(
+            "deliver.retry_max_ms",
+            self.retry_max_ms,
+            86_400_000,
+            "ms (one day)",
+        )?;
+        at_most(
+            "deliver.drain_on_shutdown_secs",
+            self.drain_on_shutdown_secs,
+            3600,
+            "seconds",
+        )?;
         if !self.sinks.is_empty() && self.outbox_dir.trim().is_empty() {
             return Err((
                 "deliver.outbox_dir".into(),

@@ -64,6 +64,21 @@ pub enum EngineError {
     Snapshot(String),
 }
 
+/// A duration of `n` seconds, saturating instead of panicking past what chrono holds.
+fn secs(n: u64) -> Duration {
+    Duration::try_seconds(i64::try_from(n).unwrap_or(i64::MAX)).unwrap_or(Duration::MAX)
+}
+
+/// `t + d`, saturating at the last representable time (event times come from input).
+fn plus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `t - d`, saturating at the first representable time.
+fn minus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_sub_signed(d).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// A stable hash of an identity key (FNV-1a), so routing never changes between runs.
 fn shard_of(key: &str, shards: usize) -> usize {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -126,9 +141,13 @@ impl EngineStats {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineState {
     pub max_time: Option<DateTime<Utc>>,
-    /// Newest event time per input source (topic/partition or file).
-    #[serde(default)]
+    /// Newest event time per input source (topic/partition or file), as snapshots
+    /// before source clocks wrote it; read only when `source_clocks` is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<(String, DateTime<Utc>)>,
+    /// The newest event times of each input source (see [`SourceClock`]).
+    #[serde(default)]
+    pub source_clocks: Vec<SourceClock>,
     /// The watermark when the state was saved.
     #[serde(default)]
     pub watermark: Option<DateTime<Utc>>,
@@ -187,11 +206,11 @@ impl Shard {
         let sd = &mut self.detectors[index];
         for finding in findings.drain(..) {
             let key = (finding.identity.clone(), finding.variant.to_string());
-            let suppression = Duration::seconds(sd.spec.suppression_secs as i64);
+            let suppression = secs(sd.spec.suppression_secs);
             let suppressed = sd
                 .last_alert
                 .get(&key)
-                .is_some_and(|last| finding.window_end < *last + suppression);
+                .is_some_and(|last| finding.window_end < plus(*last, suppression));
             let app = finding
                 .app_id
                 .as_deref()
@@ -251,16 +270,14 @@ impl Shard {
             .is_none_or(|last| watermark - last >= Duration::hours(1));
         if due {
             self.last_eviction = Some(watermark);
-            let before = watermark
-                .checked_sub_signed(self.idle)
-                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let before = minus(watermark, self.idle);
             for sd in &mut self.detectors {
                 let n = sd.detector.evict_idle(before);
                 self.stats
                     .evicted_identities
                     .fetch_add(n as u64, Ordering::Relaxed);
-                let keep = Duration::seconds(sd.spec.suppression_secs as i64);
-                sd.last_alert.retain(|_, t| *t + keep >= watermark);
+                let keep = secs(sd.spec.suppression_secs);
+                sd.last_alert.retain(|_, t| plus(*t, keep) >= watermark);
             }
         }
     }
@@ -411,14 +428,54 @@ pub struct Engine {
     lateness: Duration,
     max_source_skew: Duration,
     max_time: Option<DateTime<Utc>>,
-    /// Newest event time per input source; the watermark follows the slowest active one.
-    sources: Vec<(String, DateTime<Utc>)>,
+    /// The clock of each input source; the watermark follows the slowest active one.
+    sources: Vec<SourceClock>,
     /// Never moves back.
     watermark: Option<DateTime<Utc>>,
     /// Events read from files count as one source (a replay merges its inputs by
     /// event time before the engine sees them).
     files_as_one_stream: bool,
     stats: Arc<EngineStats>,
+}
+
+/// Records of one source that must agree before its clock jumps far ahead.
+pub const CLOCK_QUORUM: usize = 3;
+
+/// One input source's clock, robust to a few future-dated records (a bad clock, a
+/// zone-less local time east of UTC): it keeps the source's [`CLOCK_QUORUM`]
+/// newest event times and reads the newest of them that is within the skew limit
+/// of the oldest. A lone record far ahead is thus ignored until enough records
+/// agree with it, while ordinary progress moves the clock with every record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceClock {
+    /// `topic/partition`, the file path, or empty.
+    pub key: String,
+    /// The newest event times seen, ascending, at most [`CLOCK_QUORUM`].
+    pub newest: Vec<DateTime<Utc>>,
+}
+
+impl SourceClock {
+    fn note(&mut self, time: DateTime<Utc>) {
+        if self.newest.len() == CLOCK_QUORUM {
+            if time <= self.newest[0] {
+                return;
+            }
+            self.newest.remove(0);
+        }
+        let at = self.newest.partition_point(|t| *t <= time);
+        self.newest.insert(at, time);
+    }
+
+    /// None until the source has [`CLOCK_QUORUM`] records (so its first record
+    /// cannot set the clock alone; meanwhile its oldest record holds the watermark back).
+    fn time(&self, max_skew: Duration) -> Option<DateTime<Utc>> {
+        if self.newest.len() < CLOCK_QUORUM {
+            return None;
+        }
+        let agreed = *self.newest.first()?;
+        let limit = plus(agreed, max_skew);
+        self.newest.iter().rev().find(|t| **t <= limit).copied()
+    }
 }
 
 /// The input source of an event, written as `topic/partition` or the file path.
@@ -486,7 +543,7 @@ impl Engine {
                 detectors,
                 watermark: None,
                 last_eviction: None,
-                idle: Duration::seconds(settings.idle_eviction_secs as i64),
+                idle: secs(settings.idle_eviction_secs),
                 stats: stats.clone(),
                 index: n,
             };
@@ -502,8 +559,8 @@ impl Engine {
             specs,
             shards,
             threads,
-            lateness: Duration::seconds(settings.allowed_lateness_secs as i64),
-            max_source_skew: Duration::seconds(settings.max_source_skew_secs as i64),
+            lateness: secs(settings.allowed_lateness_secs),
+            max_source_skew: secs(settings.max_source_skew_secs),
             max_time: None,
             sources: Vec::new(),
             watermark: None,
@@ -534,7 +591,7 @@ impl Engine {
             offset: 0,
         };
         self.sources
-            .retain(|(key, _)| !source_matches(key, Some(&origin)));
+            .retain(|clock| !source_matches(&clock.key, Some(&origin)));
     }
 
     /// Counts every file as part of one source: the caller merges its files by
@@ -555,22 +612,41 @@ impl Engine {
         match self
             .sources
             .iter_mut()
-            .find(|(k, _)| source_matches(k, origin))
+            .find(|clock| source_matches(&clock.key, origin))
         {
-            Some((_, newest)) if event.time > *newest => *newest = event.time,
-            Some(_) => {}
-            None => self.sources.push((source_key(origin), event.time)),
+            Some(clock) => clock.note(event.time),
+            None => self.sources.push(SourceClock {
+                key: source_key(origin),
+                newest: vec![event.time],
+            }),
         }
-        let Some(max) = self.max_time else { return };
-        let floor = max - self.max_source_skew;
-        let slowest = self
+        let mut clocks: Vec<DateTime<Utc>> = self
             .sources
             .iter()
-            .map(|(_, t)| *t)
+            .filter_map(|c| c.time(self.max_source_skew))
+            .collect();
+        clocks.sort();
+        // Idle means far behind the upper median, not the newest clock: with three
+        // or more sources, one running ahead cannot make all the others idle.
+        let Some(median) = clocks.get(clocks.len() / 2).copied() else {
+            return;
+        };
+        let floor = minus(median, self.max_source_skew);
+        // A source still short of a quorum holds the watermark back at its oldest
+        // record, but cannot push it (nor the median) forward.
+        let forming = self
+            .sources
+            .iter()
+            .filter(|c| c.newest.len() < CLOCK_QUORUM)
+            .filter_map(|c| c.newest.first().copied());
+        let slowest = clocks
+            .iter()
+            .copied()
+            .chain(forming)
             .filter(|t| *t >= floor)
             .min()
-            .unwrap_or(max);
-        let mark = slowest - self.lateness;
+            .unwrap_or(median);
+        let mark = minus(slowest, self.lateness);
         if self.watermark.is_none_or(|w| mark > w) {
             self.watermark = Some(mark);
         }
@@ -604,7 +680,7 @@ impl Engine {
             return Ok(Vec::new());
         };
         Ok(self
-            .process_with_watermark(&[], registry, Some(max + Duration::days(1)))
+            .process_with_watermark(&[], registry, Some(plus(max, Duration::days(1))))
             .await?
             .alerts)
     }
@@ -682,7 +758,7 @@ impl Engine {
     pub async fn save(&self) -> Result<EngineState, EngineError> {
         let mut merged = EngineState {
             max_time: self.max_time,
-            sources: self.sources.clone(),
+            source_clocks: self.sources.clone(),
             watermark: self.watermark,
             ..EngineState::default()
         };
@@ -709,10 +785,22 @@ impl Engine {
     /// Restores a saved state, re-sharding identities for this engine's shard count.
     pub async fn load(&mut self, state: EngineState) -> Result<(), EngineError> {
         let n = self.shards.len();
-        self.sources = state.sources.clone();
+        self.sources = if state.source_clocks.is_empty() {
+            // An older snapshot: its newest times count as agreed by a quorum.
+            state
+                .sources
+                .iter()
+                .map(|(key, t)| SourceClock {
+                    key: key.clone(),
+                    newest: vec![*t; CLOCK_QUORUM],
+                })
+                .collect()
+        } else {
+            state.source_clocks.clone()
+        };
         let watermark = state
             .watermark
-            .or_else(|| state.max_time.map(|t| t - self.lateness));
+            .or_else(|| state.max_time.map(|t| minus(t, self.lateness)));
         let mut per_shard: Vec<EngineState> = (0..n)
             .map(|_| EngineState {
                 max_time: watermark,
@@ -774,20 +862,26 @@ mod tests {
         }
     }
 
-    fn event(minute: i64, topic: &str, partition: i32) -> Arc<NormalizedEvent> {
+    /// An event `secs` after 12:00 on 2026-11-23, read from `topic/partition`.
+    fn read_from(
+        secs: i64,
+        (product, category, activity): (Product, Category, &str),
+        topic: &str,
+        partition: i32,
+    ) -> NormalizedEvent {
         let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
-        let mut e = NormalizedEvent::new(
-            t0 + Duration::minutes(minute),
-            Product::Kong,
-            Category::EgressRequest,
-            "GET",
-        );
+        let mut e = NormalizedEvent::new(t0 + Duration::seconds(secs), product, category, activity);
         e.origin = Some(Origin::Kafka {
             topic: topic.into(),
             partition,
-            offset: minute,
+            offset: secs,
         });
-        Arc::new(e)
+        e
+    }
+
+    fn event(minute: i64, topic: &str, partition: i32) -> Arc<NormalizedEvent> {
+        let what = (Product::Kong, Category::EgressRequest, "GET");
+        Arc::new(read_from(60 * minute, what, topic, partition))
     }
 
     #[tokio::test]
@@ -795,10 +889,13 @@ mod tests {
         let registry = Arc::new(Registry::default());
         let mut engine = Engine::start(&settings()).unwrap();
         let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
-        // Partition 0 runs 30 minutes ahead of partition 1: nobody is late.
+        // Partition 0 runs 30 minutes ahead of partition 1: nobody is late. A
+        // partition's clock starts once CLOCK_QUORUM of its records are in.
         engine
             .process(
                 &[
+                    event(0, "a", 0),
+                    event(0, "a", 1),
                     event(0, "a", 0),
                     event(0, "a", 1),
                     event(30, "a", 0),
@@ -813,7 +910,16 @@ mod tests {
             Some(t0 + Duration::minutes(1) - Duration::seconds(60))
         );
         assert_eq!(engine.stats().late_events.load(Ordering::Relaxed), 0);
-        // Partition 1 falls more than max_source_skew behind: it no longer holds the watermark.
+        // Partition 1 falls more than max_source_skew behind: it no longer holds the
+        // watermark (once partition 0's jump ahead is agreed by a quorum of records).
+        engine
+            .process(&[event(118, "a", 0), event(119, "a", 0)], &registry)
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.watermark(),
+            Some(t0 + Duration::minutes(1) - Duration::seconds(60))
+        );
         engine
             .process(&[event(120, "a", 0)], &registry)
             .await
@@ -830,6 +936,89 @@ mod tests {
         let mut restored = Engine::start(&settings()).unwrap();
         restored.load(saved).await.unwrap();
         assert_eq!(restored.watermark(), engine.watermark());
+    }
+
+    #[tokio::test]
+    async fn a_first_event_in_year_minus_262143_does_not_panic_the_engine() {
+        let registry = Arc::new(Registry::default());
+        let mut engine = Engine::start(&settings()).unwrap();
+        let mut first = NormalizedEvent::new(
+            DateTime::<Utc>::MIN_UTC,
+            Product::Kong,
+            Category::EgressRequest,
+            "GET",
+        );
+        first.origin = event(0, "a", 0).origin.clone();
+        let mut last = (*event(0, "a", 0)).clone();
+        last.time = DateTime::<Utc>::MAX_UTC;
+        for e in [Arc::new(first), event(0, "a", 0), Arc::new(last)] {
+            engine.process(&[e], &registry).await.unwrap();
+        }
+        engine.finish(&registry).await.unwrap();
+        assert!(engine.watermark().is_some());
+    }
+
+    /// A secret read by `app` of `secret`, `secs` after 12:00, from partition `partition`.
+    fn secret_read(secs: i64, app: &str, secret: &str, partition: i32) -> Arc<NormalizedEvent> {
+        let what = (Product::Cloudtrail, Category::SecretRead, "GetSecretValue");
+        let mut e = read_from(secs, what, "secrets", partition);
+        e.identity = Some(crate::detect::kinds::testing::registered(app));
+        e.resource = Some(secret.to_string());
+        Arc::new(e)
+    }
+
+    #[tokio::test]
+    async fn one_future_dated_record_then_a_burst_of_secret_reads_still_alerts() {
+        // The future-dated record arrives on another partition, or on the burst's own.
+        for outlier_partition in [1, 0] {
+            let registry = Arc::new(Registry::default());
+            let mut engine = Engine::start(&settings()).unwrap();
+            let mut events: Vec<_> = (0..5)
+                .flat_map(|i| {
+                    [
+                        secret_read(i, "crm-sync", "crm/db", 0),
+                        secret_read(i, "crm-sync", "crm/db", 1),
+                    ]
+                })
+                .collect();
+            // A zone-less local time 20 hours east of UTC, on one record.
+            events.push(secret_read(
+                20 * 3600,
+                "report-bot",
+                "report/key",
+                outlier_partition,
+            ));
+            // Then the exfiltration: 60 distinct secrets in two minutes, over both partitions.
+            events.extend((0..60).map(|i| {
+                secret_read(
+                    60 + 2 * i,
+                    "billing-agent",
+                    &format!("prod/secret-{i}"),
+                    (i % 2) as i32,
+                )
+            }));
+            // Ordinary traffic goes on for half an hour on both partitions.
+            events.extend((0..30).flat_map(|m| {
+                [
+                    secret_read(300 + 60 * m, "crm-sync", "crm/db", 0),
+                    secret_read(300 + 60 * m, "crm-sync", "crm/db", 1),
+                ]
+            }));
+            let mut alerts = Vec::new();
+            for batch in events.chunks(7) {
+                alerts.extend(engine.process(batch, &registry).await.unwrap());
+            }
+            assert!(
+                alerts
+                    .iter()
+                    .any(|a| a.detector == "mass_secret_read" && a.identity == "app:billing-agent"),
+                "outlier on partition {outlier_partition}: no mass_secret_read alert before the stream ends; \
+                 late events {}, watermark {:?}",
+                engine.stats().late_events.load(Ordering::Relaxed),
+                engine.watermark()
+            );
+            assert_eq!(engine.stats().late_events.load(Ordering::Relaxed), 0);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::alert::Severity;
 use crate::event::{ActorType, Category, IdentityStatus, NormalizedEvent, Product, SourceKind};
+use crate::settings::MAX_DURATION_SECS;
 
 /// The detector kinds the engine implements; a file picks one and sets its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -122,6 +123,12 @@ impl DetectorSpec {
         if spec.suppression_secs == 0 {
             return Err(spec.error("suppression_secs", "must be at least 1"));
         }
+        for (key, value) in [
+            ("suppression_secs", spec.suppression_secs),
+            ("learning_period_secs", spec.learning_period_secs),
+        ] {
+            spec.at_most_ten_years(key, value)?;
+        }
         Ok(spec)
     }
 
@@ -131,6 +138,12 @@ impl DetectorSpec {
             key: key.to_string(),
             message: message.into(),
         }
+    }
+
+    /// Refuses a duration (seconds) past [`MAX_DURATION_SECS`], naming `key`.
+    pub fn at_most_ten_years(&self, key: &str, value: u64) -> Result<(), SpecError> {
+        crate::settings::at_most(key, value, MAX_DURATION_SECS, "seconds (ten years)")
+            .map_err(|(key, message)| self.error(&key, message))
     }
 
     /// Parses `params` into a kind's parameter struct (which denies unknown fields).
@@ -246,5 +259,36 @@ bucket_secs = 300
         assert!(e.to_string().starts_with("detector file x.toml"), "{e}");
         let e = DetectorSpec::parse(&text.replace("= 60", "= 0"), Path::new("x.toml")).unwrap_err();
         assert_eq!(e.key, "suppression_secs");
+    }
+
+    #[test]
+    fn absurd_detector_durations_are_refused_naming_the_key() {
+        let huge = "10000000000000000";
+        for (key, text) in [
+            ("suppression_secs", format!("suppression_secs = {huge}\n")),
+            (
+                "learning_period_secs",
+                format!("suppression_secs = 60\nlearning_period_secs = {huge}\n"),
+            ),
+        ] {
+            let text = format!(
+                "name = \"x\"\nkind = \"rate_spike\"\ndescription = \"d\"\nseverity = \"low\"\n{text}"
+            );
+            let e = DetectorSpec::parse(&text, Path::new("x.toml")).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        let mut spec = builtin()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.kind == Kind::TokenRegion)
+            .unwrap();
+        spec.params.insert(
+            "token_ttl_secs".into(),
+            toml::Value::Integer(10_i64.pow(16)),
+        );
+        let e = crate::detect::kinds::build(&spec, 10)
+            .err()
+            .expect("refused");
+        assert_eq!(e.key, "params.token_ttl_secs", "{e}");
     }
 }

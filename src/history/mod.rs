@@ -83,6 +83,12 @@ impl HistorySettings {
                 "must be at least 1".into(),
             ));
         }
+        crate::settings::at_most(
+            "history.retention_days",
+            self.retention_days,
+            36_500,
+            "days (100 years)",
+        )?;
         if !(1..=22).contains(&self.zstd_level) {
             return Err((
                 "history.zstd_level".into(),

@@ -140,7 +140,8 @@ pub struct InputSettings {
     /// Records larger than this are dead-lettered as `oversized` without being parsed.
     pub max_record_bytes: usize,
     /// Events dated further than this ahead of the clock are dead-lettered (`bad_time`),
-    /// so one bad clock cannot drag the detectors' event time into the future.
+    /// so one bad clock cannot drag the detectors' event time into the future; at most
+    /// 100 years. Events dated before 1970 are dead-lettered (`bad_time`) too.
     #[serde(default = "default_max_future_secs")]
     pub max_future_secs: u64,
 }
@@ -229,6 +230,23 @@ const SECRET_PROPERTIES: [&str; 8] = [
     "ssl_key",
     "ssl.truststore.password",
 ];
+
+/// The longest duration any setting or detector file may give: ten years. Longer
+/// ones are typos, and near 1e16 s chrono durations overflow (they are i64
+/// milliseconds), which would panic on the first event or tick.
+pub const MAX_DURATION_SECS: u64 = 10 * 365 * 86_400;
+
+/// The longest `input.max_future_secs`: a hundred years (for replays of generated
+/// data dated ahead), far inside the year 262143 where chrono's dates end.
+pub const MAX_FUTURE_SECS: u64 = 100 * 365 * 86_400;
+
+/// Checks `value <= max` for a duration setting; the error names `key` and the unit.
+pub fn at_most(key: &str, value: u64, max: u64, unit: &str) -> Result<(), (String, String)> {
+    if value > max {
+        return Err((key.to_string(), format!("must be at most {max} {unit}")));
+    }
+    Ok(())
+}
 
 /// A settings error: the key it concerns and what is wrong.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -431,6 +449,12 @@ impl Settings {
         if self.registry.path.as_os_str().is_empty() {
             return err("registry.path", "must name the registry file".into());
         }
+        at_most(
+            "input.max_future_secs",
+            self.input.max_future_secs,
+            MAX_FUTURE_SECS,
+            "(100 years)",
+        )?;
         if self.registry.reload_interval_secs == 0 {
             return err("registry.reload_interval_secs", "must be at least 1".into());
         }
@@ -458,6 +482,20 @@ impl Settings {
         }
         if d.idle_eviction_secs < 3600 {
             return err("detect.idle_eviction_secs", "must be at least 3600".into());
+        }
+        for (key, value) in [
+            ("detect.idle_eviction_secs", d.idle_eviction_secs),
+            ("detect.max_source_skew_secs", d.max_source_skew_secs),
+            (
+                "registry.reload_interval_secs",
+                self.registry.reload_interval_secs,
+            ),
+            (
+                "state.snapshot_interval_secs",
+                self.state.snapshot_interval_secs,
+            ),
+        ] {
+            at_most(key, value, MAX_DURATION_SECS, "seconds (ten years)")?;
         }
         if d.max_identities_per_shard == 0 {
             return err(
@@ -601,6 +639,67 @@ topics = [{ name = "okta-logs", format = "okta" }]
         )
         .unwrap_err();
         assert!(e.to_string().contains("syslog"), "{e}");
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_naming_the_key() {
+        // 1e16 s is past what chrono durations hold (i64 milliseconds); 1e13 s of
+        // max_future is past the year 262143 chrono dates end at.
+        let huge = "10000000000000000";
+        for (env, key, value) in [
+            (
+                "INPUT__MAX_FUTURE_SECS",
+                "input.max_future_secs",
+                "10000000000000",
+            ),
+            (
+                "DETECT__IDLE_EVICTION_SECS",
+                "detect.idle_eviction_secs",
+                huge,
+            ),
+            (
+                "DETECT__MAX_SOURCE_SKEW_SECS",
+                "detect.max_source_skew_secs",
+                huge,
+            ),
+            (
+                "REGISTRY__RELOAD_INTERVAL_SECS",
+                "registry.reload_interval_secs",
+                huge,
+            ),
+            (
+                "STATE__SNAPSHOT_INTERVAL_SECS",
+                "state.snapshot_interval_secs",
+                huge,
+            ),
+            (
+                "DELIVER__GROUP_WINDOW_SECS",
+                "deliver.group_window_secs",
+                huge,
+            ),
+            ("DELIVER__RETRY_MAX_MS", "deliver.retry_max_ms", huge),
+            (
+                "DELIVER__DRAIN_ON_SHUTDOWN_SECS",
+                "deliver.drain_on_shutdown_secs",
+                huge,
+            ),
+            ("HISTORY__RETENTION_DAYS", "history.retention_days", huge),
+        ] {
+            let env = format!("APPWARDEN__{env}");
+            let e = load(None, &[(env.as_str(), value)])
+                .expect_err(key)
+                .to_string();
+            assert!(e.starts_with(&format!("{key}: must be")), "{key}: {e}");
+        }
+        let sink = format!(
+            "[[deliver.sinks]]\nname = \"w\"\nkind = \"webhook\"\nurl = \"https://x.example\"\n\
+             signing_key = {{ env = \"K\" }}\ntimeout_secs = {huge}\n"
+        );
+        let e = load(Some(&sink), &[]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("deliver.sinks[0].timeout_secs: must be"),
+            "{e}"
+        );
     }
 
     #[test]

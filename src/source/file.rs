@@ -428,6 +428,7 @@ async fn write_state(
     let mut state = engine.save().await?;
     // The replay's merged files are no input of the daemon: its watermark follows its partitions.
     state.sources.clear();
+    state.source_clocks.clear();
     let snapshot = crate::state::Snapshot {
         version: crate::state::SNAPSHOT_VERSION,
         offsets: Vec::new(),

@@ -125,6 +125,7 @@ impl Params {
         if self.token_ttl_secs < 60 {
             return Err(spec.error("params.token_ttl_secs", "must be at least 60"));
         }
+        spec.at_most_ten_years("params.token_ttl_secs", self.token_ttl_secs)?;
         if !(self.max_speed_kmh.is_finite() && self.max_speed_kmh > 0.0) {
             return Err(spec.error("params.max_speed_kmh", "must be a positive number"));
         }
