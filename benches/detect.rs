@@ -120,6 +120,7 @@ fn main() {
                 app_id: None,
                 key: format!("gateway_consumer:bot-{identities}-{i:07}"),
                 matched: None,
+                assumed_by: None,
             });
             Arc::new(e)
         };

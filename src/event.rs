@@ -312,6 +312,10 @@ pub struct ResolvedIdentity {
     /// Which principal form matched the registry, when one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matched: Option<PrincipalRef>,
+    /// For a role assumed by another registered app: that app's key (`app:<id>`).
+    /// The event belongs to the app that received the credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assumed_by: Option<String>,
 }
 
 /// Where a record was read from: Kafka coordinates, or a file and line for replay.

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use super::registry::{App, Registry};
 use crate::event::{
-    Category, IdentityStatus, NormalizedEvent, PrincipalKind, PrincipalRef, ResolvedIdentity,
+    Category, IdentityStatus, NormalizedEvent, Outcome, PrincipalKind, PrincipalRef,
+    ResolvedIdentity,
 };
 
 /// Credentials issued at run time (STS access keys, Vault token accessors),
@@ -90,37 +91,49 @@ impl Resolver {
 
     /// Fills in `event.identity` and learns credentials the event issued.
     ///
-    /// The actor's forms are tried most specific first. A token-issuance event
-    /// whose target (the role assumed) is registered belongs to that role's
-    /// app, since the app is the one that receives the credential.
+    /// The actor's forms are tried most specific first. A successful
+    /// token-issuance event whose target (the role assumed) is registered
+    /// belongs to that role's app, since the app is the one that receives the
+    /// credential and its later uses are that app's; when the caller is another
+    /// registered app, the identity says so in `assumed_by`. A failed issuance
+    /// issued nothing: it belongs to its caller, whoever the target, and teaches
+    /// no credential.
     pub fn resolve(&mut self, registry: &Registry, event: &mut NormalizedEvent) {
         event.actor.classify();
+        let failed = event.outcome == Outcome::Failure;
+        let caller = event
+            .actor
+            .refs
+            .iter()
+            .find_map(|r| self.match_ref(registry, r.kind, &r.value));
+        let mut assumed_by = None;
         let mut resolved = None;
         if event.category == Category::TokenIssuance
+            && !failed
             && let Some(target) = &event.target_principal
+            && let Some(receiver) = self.match_ref(registry, PrincipalKind::RoleArn, target)
         {
-            resolved = self.match_ref(registry, PrincipalKind::RoleArn, target);
+            assumed_by = caller
+                .as_ref()
+                .filter(|(caller_app, _)| *caller_app != receiver.0)
+                .map(|(caller_app, _)| format!("app:{caller_app}"));
+            resolved = Some(receiver);
         }
-        if resolved.is_none() {
-            resolved = event
-                .actor
-                .refs
-                .iter()
-                .find_map(|r| self.match_ref(registry, r.kind, &r.value));
-        }
-        if resolved.is_none()
-            && let Some(token) = &event.token_id
-            && let Some(app_id) = self.issued.get(token)
-        {
-            resolved = Some((
+        let resolved = resolved.or(caller);
+        let resolved = resolved.or_else(|| {
+            let token = event.token_id.as_ref()?;
+            let app_id = self.issued.get(token)?;
+            Some((
                 app_id.to_string(),
                 PrincipalRef::new(PrincipalKind::AccessKey, token.clone()),
-            ));
-        }
+            ))
+        });
 
         let identity = match resolved {
             Some((app_id, matched)) => {
-                if let Some(issued) = &event.issued_token_id {
+                if let Some(issued) = &event.issued_token_id
+                    && !failed
+                {
                     self.issued.insert(issued, &app_id);
                 }
                 ResolvedIdentity {
@@ -128,6 +141,7 @@ impl Resolver {
                     key: format!("app:{app_id}"),
                     app_id: Some(app_id),
                     matched: Some(matched),
+                    assumed_by,
                 }
             }
             None => match event.actor.refs.first() {
@@ -136,12 +150,14 @@ impl Resolver {
                     app_id: None,
                     key: format!("{}:{}", primary.kind.as_str(), primary.value),
                     matched: None,
+                    assumed_by: None,
                 },
                 None => ResolvedIdentity {
                     status: IdentityStatus::Anonymous,
                     app_id: None,
                     key: "anonymous".to_string(),
                     matched: None,
+                    assumed_by: None,
                 },
             },
         };
@@ -212,6 +228,13 @@ apps:
       role_arns: ["arn:aws:iam::111122223333:role/report-bot"]
       vault_roles: [report-bot]
       oauth_client_ids: [0oa-report]
+  - id: sync-bot
+    name: Sync bot
+    owner: ops@example.com
+    risk_tier: internal
+    registered_on: 2026-01-01
+    identities:
+      role_arns: ["arn:aws:iam::111122223333:role/sync-bot"]
 "#;
 
     fn event(category: Category, refs: &[(PrincipalKind, &str)]) -> NormalizedEvent {
@@ -220,6 +243,60 @@ apps:
             e.actor.push(*kind, value);
         }
         e
+    }
+
+    /// An AssumeRole of `report-bot`'s role by `caller`, with the given outcome.
+    fn assume_report_bot(caller: &str, outcome: Outcome) -> NormalizedEvent {
+        let mut issue = event(Category::TokenIssuance, &[(PrincipalKind::RoleArn, caller)]);
+        issue.target_principal = Some("arn:aws:iam::111122223333:role/report-bot".into());
+        issue.issued_token_id = Some("ASIAEXAMPLE9".into());
+        issue.outcome = outcome;
+        issue
+    }
+
+    #[test]
+    fn a_denied_assume_role_on_an_apps_role_is_the_callers_and_issues_nothing() {
+        let registry = Registry::parse(REGISTRY, "r").unwrap();
+        let mut resolver = Resolver::new(10);
+        let attacker = "arn:aws:iam::999988887777:user/mallory";
+        let mut denied = assume_report_bot(attacker, Outcome::Failure);
+        resolver.resolve(&registry, &mut denied);
+        let id = denied.identity.unwrap();
+        assert_eq!(id.status, IdentityStatus::Unregistered);
+        assert_eq!(id.key, format!("role_arn:{attacker}"));
+        assert_eq!(
+            resolver.issued_len(),
+            0,
+            "a failed issuance teaches no credential"
+        );
+
+        let mut call = event(
+            Category::ApiCall,
+            &[(PrincipalKind::AccessKey, "ASIAEXAMPLE9")],
+        );
+        resolver.resolve(&registry, &mut call);
+        assert_eq!(call.identity.unwrap().status, IdentityStatus::Unregistered);
+    }
+
+    #[test]
+    fn an_app_assuming_another_apps_role_is_visible_as_such() {
+        let registry = Registry::parse(REGISTRY, "r").unwrap();
+        let mut resolver = Resolver::new(10);
+        let mut cross = assume_report_bot(
+            "arn:aws:sts::111122223333:assumed-role/sync-bot/job-1",
+            Outcome::Success,
+        );
+        resolver.resolve(&registry, &mut cross);
+        let id = cross.identity.unwrap();
+        assert_eq!(
+            id.key, "app:report-bot",
+            "the app that received the credential"
+        );
+        assert_eq!(id.assumed_by.as_deref(), Some("app:sync-bot"));
+
+        let mut own = assume_report_bot("arn:aws:iam::111122223333:user/ci", Outcome::Success);
+        resolver.resolve(&registry, &mut own);
+        assert_eq!(own.identity.unwrap().assumed_by, None);
     }
 
     #[test]

@@ -846,6 +846,7 @@ apps:
             app_id: None,
             key: "source_ip:10.9.9.9".into(),
             matched: None,
+            assumed_by: None,
         });
         let mut anonymous = proxy.clone();
         anonymous.actor = Default::default();
@@ -854,6 +855,7 @@ apps:
             app_id: None,
             key: "anonymous".into(),
             matched: None,
+            assumed_by: None,
         });
         let mut no_host = call(0, "report-bot", "x", &r);
         no_host.dst_host = None;

@@ -709,6 +709,7 @@ apps:
                 app_id: None,
                 key: format!("oauth_client:{unregistered}"),
                 matched: None,
+                assumed_by: None,
             }
         } else {
             registered(app)

@@ -42,6 +42,7 @@ pub(crate) fn registered(app: &str) -> ResolvedIdentity {
         app_id: Some(app.to_string()),
         key: format!("app:{app}"),
         matched: None,
+        assumed_by: None,
     }
 }
 
@@ -59,18 +60,21 @@ pub(crate) fn resolve(actor: &Principal, registry: &Registry) -> ResolvedIdentit
             key: format!("app:{app_id}"),
             app_id: Some(app_id),
             matched: Some(r),
+            assumed_by: None,
         },
         (None, Some(primary)) => ResolvedIdentity {
             status: IdentityStatus::Unregistered,
             app_id: None,
             key: format!("{}:{}", primary.kind.as_str(), primary.value),
             matched: None,
+            assumed_by: None,
         },
         (None, None) => ResolvedIdentity {
             status: IdentityStatus::Anonymous,
             app_id: None,
             key: "anonymous".into(),
             matched: None,
+            assumed_by: None,
         },
     }
 }

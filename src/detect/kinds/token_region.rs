@@ -51,7 +51,7 @@ use serde_json::{Map, json};
 use crate::detect::alert::{EventRef, Evidence, Finding, sql_str};
 use crate::detect::spec::{DetectorSpec, SpecError};
 use crate::detect::{Context, Detector, IdentityMap, StateStore};
-use crate::event::{Category, IdentityStatus, NormalizedEvent, PrincipalKind};
+use crate::event::{Category, IdentityStatus, NormalizedEvent, Outcome, PrincipalKind};
 use crate::identity::App;
 
 // ---------------------------------------------------------------------------
@@ -1169,7 +1169,9 @@ impl Detector for TokenRegion {
         out.extend(finding);
 
         let addr = src_addr(event);
+        // A failed issuance issued nothing: no token to remember.
         if event.category == Category::TokenIssuance
+            && event.outcome != Outcome::Failure
             && let Some(token) = event.issued_token_id.as_deref()
         {
             let h = token_hash(token);
@@ -1436,6 +1438,29 @@ apps:
         assert!(
             h.feed(&gateway_call("free-bot", 600, None, "203.0.113.9"))
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_failed_issuance_leaves_no_token_to_hide_calls_behind() {
+        let spec =
+            spec_with(|p| cidr_map(p, &[("198.51.100.0/24", "US"), ("203.0.113.0/24", "AU")]));
+        let mut h = Harness::new(spec);
+        assert!(
+            h.feed(&okta_token("free-bot", 0, None, Some("US")))
+                .is_empty()
+        );
+        // A denied token request from AU issued nothing; calls from AU still have
+        // no token issued there.
+        let mut denied = okta_token("free-bot", 300, None, Some("AU"));
+        denied.outcome = Outcome::Failure;
+        h.feed(&denied);
+        let away: Vec<NormalizedEvent> = (0..30)
+            .map(|m| gateway_call("free-bot", 600 + m * 60, Some("free-bot"), "203.0.113.9"))
+            .collect();
+        assert!(
+            !h.feed_all(&away).is_empty(),
+            "calls from AU raise it although a token was refused there"
         );
     }
 
