@@ -56,7 +56,10 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> Result<(), StateError> {
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     // The rename survives a power loss once the folder is synced.
-    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::File::open(folder)
         .and_then(|f| f.sync_all())
         .map_err(io)?;

@@ -215,8 +215,12 @@ fn remove_stale_staging(staging: &Path, now: SystemTime) {
             .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() > STALE_STAGING);
         if stale && path.extension().is_some_and(|e| e == "tmp") {
             match std::fs::remove_file(&path) {
-                Ok(()) => tracing::info!(path = %path.display(), "removed a temporary history file a crash left"),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale temporary history file"),
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a temporary history file a crash left")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale temporary history file")
+                }
             }
         }
     }
@@ -319,9 +323,15 @@ mod tests {
         std::fs::create_dir_all(&staging).expect("staging");
         std::fs::write(staging.join("left.parquet.tmp"), b"half").expect("write");
         remove_stale_staging(&staging, SystemTime::now());
-        assert!(staging.join("left.parquet.tmp").exists(), "a fresh one may be in use");
+        assert!(
+            staging.join("left.parquet.tmp").exists(),
+            "a fresh one may be in use"
+        );
         remove_stale_staging(&staging, SystemTime::now() + STALE_STAGING * 2);
-        assert!(!staging.join("left.parquet.tmp").exists(), "a stale one is removed");
+        assert!(
+            !staging.join("left.parquet.tmp").exists(),
+            "a stale one is removed"
+        );
         std::fs::write(staging.join("other.tmp"), b"x").expect("write");
         Store::open(dir.path().to_str().expect("utf-8"), &S3Options::default()).expect("open");
         assert!(staging.join("other.tmp").exists());

@@ -35,6 +35,7 @@ impl<B> Default for OpenBuckets<B> {
 }
 
 impl<B: Bucket> OpenBuckets<B> {
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -42,11 +43,6 @@ impl<B: Bucket> OpenBuckets<B> {
     #[cfg(test)]
     pub(crate) fn first(&self) -> Option<&B> {
         self.0.first()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
     }
 
     /// The start of the earliest open bucket.
@@ -181,9 +177,14 @@ mod tests {
             open.bucket_for(k * 300, None).expect("open");
         }
         assert!(open.make_room(0).is_none(), "an open bucket needs no room");
-        let early = open.make_room(MAX_OPEN as i64 * 300).expect("closes the oldest");
+        let early = open
+            .make_room(MAX_OPEN as i64 * 300)
+            .expect("closes the oldest");
         assert_eq!(early.start, 0);
-        assert!(open.bucket_for(0, Some(0)).is_none(), "its bucket is closed");
+        assert!(
+            open.bucket_for(0, Some(0)).is_none(),
+            "its bucket is closed"
+        );
         let (bucket, opened) = open.bucket_for(300, Some(0)).expect("still open");
         assert!(!opened);
         assert_eq!(bucket.start, 300);
@@ -198,7 +199,10 @@ mod tests {
         let many: OpenBuckets<Count> =
             serde_json::from_str(r#"[{"start":600,"n":1},{"start":300,"n":2}]"#).expect("many");
         assert_eq!(many.earliest_start(), Some(300));
-        assert_eq!(serde_json::to_string(&many).expect("json"), r#"[{"start":300,"n":2},{"start":600,"n":1}]"#);
+        assert_eq!(
+            serde_json::to_string(&many).expect("json"),
+            r#"[{"start":300,"n":2},{"start":600,"n":1}]"#
+        );
     }
 
     #[test]

@@ -841,7 +841,9 @@ apps:
         let in_step = partitioned(&partitions, Duration::minutes(1));
         let hours_ahead = partitioned(&partitions, Duration::hours(6));
         assert!(
-            in_step.iter().any(|f| f.contains("variant: \"enumeration\"")),
+            in_step
+                .iter()
+                .any(|f| f.contains("variant: \"enumeration\"")),
             "{in_step:#?}"
         );
         assert!(

@@ -247,7 +247,12 @@ pub(crate) fn feed_by_partition(
     let mut next = vec![0usize; partitions.len()];
     let mut watermark = DateTime::<Utc>::MIN_UTC;
     let mut out = Vec::new();
-    let Some(first) = partitions.iter().filter_map(|p| p.first()).map(|e| e.time).min() else {
+    let Some(first) = partitions
+        .iter()
+        .filter_map(|p| p.first())
+        .map(|e| e.time)
+        .min()
+    else {
         return out;
     };
     let mut until = first;
@@ -261,20 +266,32 @@ pub(crate) fn feed_by_partition(
                     let moved = slowest - Duration::seconds(60);
                     if moved > watermark {
                         watermark = moved;
-                        let cx = Context { registry, watermark, spec };
+                        let cx = Context {
+                            registry,
+                            watermark,
+                            spec,
+                        };
                         detector.advance(&cx, &mut out);
                     }
                 }
                 if !spec.filter.matches(e) || e.time < watermark {
                     continue;
                 }
-                let cx = Context { registry, watermark, spec };
+                let cx = Context {
+                    registry,
+                    watermark,
+                    spec,
+                };
                 detector.observe(e, &cx, &mut out);
             }
         }
     }
     let end = newest.iter().copied().max().flatten().unwrap_or(first) + Duration::days(1);
-    let cx = Context { registry, watermark: end, spec };
+    let cx = Context {
+        registry,
+        watermark: end,
+        spec,
+    };
     detector.advance(&cx, &mut out);
     out
 }
