@@ -12,7 +12,7 @@ use crate::detect::engine::EngineError;
 use crate::history::HistoryWriter;
 use crate::identity::{RegistryError, RegistryHandle, RegistryReloader};
 use crate::observe::Observed;
-use crate::observe::http::{App, QueryEndpoint};
+use crate::observe::http::{App, Limits, QueryEndpoint};
 use crate::pipeline::Pipeline;
 use crate::query::{QueryEngine, QueryError};
 use crate::settings::{SecretError, Settings};
@@ -171,10 +171,7 @@ impl Daemon {
             }
             None => None,
         };
-        let app = Arc::new(App {
-            observed: observed.clone(),
-            query,
-        });
+        let app = Arc::new(App::new(observed.clone(), query, Limits::default()));
         Ok(Some((listener, app)))
     }
 

@@ -40,6 +40,9 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("appwarden_sink_given_up_total", "counter"),
     ("appwarden_sink_backlog", "gauge"),
     ("appwarden_outbox_depth", "gauge"),
+    ("appwarden_http_connections", "gauge"),
+    ("appwarden_http_bearer_failures_total", "counter"),
+    ("appwarden_http_bearer_throttled_total", "counter"),
 ];
 
 /// Builds the exposition text one family at a time.
@@ -330,6 +333,27 @@ pub fn render(observed: &Observed) -> String {
         "Alerts in the outbox not yet delivered to every sink.",
         outbox.map_or(0, |o| o.depth()) as f64,
     );
+
+    let http = &observed.http;
+    for (name, help, value) in [
+        (
+            "appwarden_http_connections",
+            "Connections the HTTP listener is serving (at most 64; more wait to be accepted).",
+            &http.connections,
+        ),
+        (
+            "appwarden_http_bearer_failures_total",
+            "Requests with a wrong bearer token (answered 401).",
+            &http.bearer_failures,
+        ),
+        (
+            "appwarden_http_bearer_throttled_total",
+            "Requests with a bearer token refused unchecked after too many wrong ones (answered 429).",
+            &http.bearer_throttled,
+        ),
+    ] {
+        x.one(name, help, load(value));
+    }
     x.out
 }
 

@@ -65,6 +65,8 @@ pub struct Observed {
     delivery: OnceLock<(Arc<DeliveryStats>, Option<Outbox>)>,
     /// The outbox folder, probed for writability; `None` when no sink is configured.
     outbox_dir: Option<PathBuf>,
+    /// The HTTP listener's own counters.
+    pub http: Arc<http::HttpStats>,
 }
 
 /// One readiness check.
@@ -73,6 +75,9 @@ pub struct Check {
     pub name: &'static str,
     pub ok: bool,
     pub detail: String,
+    /// The file or folder checked; `/readyz` shows it only to the query token's holder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 impl Observed {
@@ -90,6 +95,7 @@ impl Observed {
             registry,
             delivery: OnceLock::new(),
             outbox_dir,
+            http: Arc::default(),
         }
     }
 
@@ -116,6 +122,7 @@ impl Observed {
             } else {
                 "no partitions assigned (joining the group, or the broker is unreachable)".into()
             },
+            path: None,
         });
         let view = self.source.client_view();
         let fresh = view
@@ -129,29 +136,34 @@ impl Observed {
                 Some(_) if !fresh => "librdkafka statistics are stale".into(),
                 Some(_) => format!("{} of {} brokers up", view.brokers_up, view.brokers_known),
             },
+            path: None,
         });
         let apps = self.registry.snapshot().apps().len();
         checks.push(Check {
             name: "registry",
             ok: true,
             detail: format!("{apps} apps loaded"),
+            path: None,
         });
         checks.push(match &self.outbox_dir {
             None => Check {
                 name: "outbox",
                 ok: true,
                 detail: "no sinks configured".into(),
+                path: None,
             },
             Some(dir) => match probe_writable(dir) {
                 Ok(()) => Check {
                     name: "outbox",
                     ok: true,
-                    detail: format!("{} writable", dir.display()),
+                    detail: "writable".into(),
+                    path: Some(dir.display().to_string()),
                 },
                 Err(error) => Check {
                     name: "outbox",
                     ok: false,
-                    detail: format!("{}: {error}", dir.display()),
+                    detail: format!("not writable: {error}"),
+                    path: Some(dir.display().to_string()),
                 },
             },
         });
@@ -160,8 +172,20 @@ impl Observed {
 }
 
 /// Creates and removes a small file, as an append to the outbox would need.
+/// Each probe has a file of its own: with one shared name, a concurrent
+/// `/readyz` and `/metrics` removed each other's file and reported the
+/// outbox unwritable.
 fn probe_writable(dir: &std::path::Path) -> std::io::Result<()> {
-    let probe = dir.join(".ready-probe");
-    std::fs::write(&probe, b"ok")?;
-    std::fs::remove_file(&probe)
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, Ordering::Relaxed);
+    let probe = dir.join(format!(".ready-probe.{}.{n}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    let written = std::io::Write::write_all(&mut file, b"ok");
+    drop(file);
+    let removed = std::fs::remove_file(&probe);
+    written.and(removed)
 }
