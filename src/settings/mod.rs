@@ -221,7 +221,8 @@ fn default_batch_linger_ms() -> u64 {
     5
 }
 
-/// librdkafka properties whose values are secrets and may not be written in clear.
+/// librdkafka properties whose values are secrets and may not be written in clear
+/// (with any other whose name speaks of a secret: [`is_secret_property`]).
 const SECRET_PROPERTIES: [&str; 8] = [
     "sasl.password",
     "sasl.oauthbearer.client.secret",
@@ -232,6 +233,16 @@ const SECRET_PROPERTIES: [&str; 8] = [
     "ssl_key",
     "ssl.truststore.password",
 ];
+
+/// Whether a librdkafka property's value is a secret: one of the known names
+/// in any case, or any name with `password`, `passphrase` or `secret` in it.
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.trim().to_ascii_lowercase();
+    SECRET_PROPERTIES.contains(&key.as_str())
+        || ["password", "passphrase", "secret"]
+            .iter()
+            .any(|word| key.contains(word))
+}
 
 /// The longest duration any setting or detector file may give: ten years. Longer
 /// ones are typos, and near 1e16 s chrono durations overflow (they are i64
@@ -286,6 +297,27 @@ impl fmt::Display for SettingsSources {
         }
         Ok(())
     }
+}
+
+/// A load error as text. A TOML syntax error gives its line and column and what
+/// is wrong, never the offending line: that line may hold a secret in clear.
+fn load_error(error: &config::ConfigError) -> String {
+    if let config::ConfigError::FileParse { uri, cause } = error
+        && let Some(syntax) = cause.downcast_ref::<toml::de::Error>()
+    {
+        // toml's first line is "TOML parse error at line L, column C"; the
+        // lines after it quote the file.
+        let shown = syntax.to_string();
+        let at = shown
+            .lines()
+            .next()
+            .filter(|l| l.starts_with("TOML parse error at line"))
+            .unwrap_or("TOML parse error");
+        let what = syntax.message().lines().next().unwrap_or("invalid TOML");
+        let file = uri.as_deref().unwrap_or("the built-in defaults");
+        return format!("{at} in {file}: {what}");
+    }
+    error.to_string()
 }
 
 impl Settings {
@@ -343,7 +375,7 @@ impl Settings {
                 .and_then(|c| c.try_deserialize())
                 .map_err(|e| SettingsError::Load {
                     sources: sources.to_string(),
-                    message: e.to_string(),
+                    message: load_error(&e),
                 })?;
         settings
             .validate()
@@ -415,7 +447,7 @@ impl Settings {
             .chain(k.consumer_properties.keys())
             .chain(k.producer_properties.keys())
         {
-            if SECRET_PROPERTIES.contains(&key.as_str()) {
+            if is_secret_property(key) {
                 return err(
                     &format!("kafka.properties.\"{key}\" (or consumer_/producer_properties)"),
                     "holds a secret in clear; set it in kafka.secret_properties as { env = \"VAR\" } or { file = \"PATH\" }".into(),
@@ -625,6 +657,69 @@ topics = [{ name = "okta-logs", format = "okta" }]
         assert!(e.to_string().contains("brokerz"), "{e}");
         let e = load(None, &[("APPWARDEN__KAFKA__NOPE", "1")]).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_written_where_a_reference_belongs_is_not_quoted() {
+        let secret = "hunter2-Clear-6626";
+        for user in [
+            format!("[kafka.secret_properties]\n\"sasl.password\" = \"{secret}\"\n"),
+            format!("[query]\ntoken = \"{secret}\"\n"),
+            "[kafka.secret_properties]\n\"sasl.password\" = 66260701\n".to_string(),
+            format!(
+                "[[deliver.sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/h\"\nsigning_key = \"{secret}\"\n"
+            ),
+        ] {
+            let e = load(Some(&user), &[]).unwrap_err().to_string();
+            assert!(!e.contains(secret) && !e.contains("66260701"), "{e}");
+            assert!(e.contains("written in clear"), "{e}");
+        }
+        // A reference still loads, and a stray key is named, not its value.
+        let ok = "[kafka.secret_properties]\n\"sasl.password\" = { env = \"KAFKA_PW\" }\n";
+        assert!(load(Some(ok), &[]).is_ok());
+        let stray = format!("[query]\ntoken = {{ value = \"{secret}\" }}\n");
+        let e = load(Some(&stray), &[]).unwrap_err().to_string();
+        assert!(e.contains("value") && !e.contains(secret), "{e}");
+    }
+
+    #[test]
+    fn a_toml_syntax_error_gives_its_place_not_its_text() {
+        let secret = "hunter2-Clear-6626";
+        for user in [
+            format!("[kafka.properties]\n\"sasl.username\" = {secret}\n"),
+            format!("[query]\ntoken = \"{secret}\n"),
+            format!("[query]\ntoken = {{ env = {secret} }}\n"),
+            format!("[kafka]\n{secret}\n"),
+        ] {
+            let e = load(Some(&user), &[]).unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("line 2, column"), "{e}");
+        }
+    }
+
+    #[test]
+    fn secret_property_names_are_caught_in_any_case() {
+        for key in [
+            "SASL.PASSWORD",
+            "Sasl.Password",
+            " ssl.key.password",
+            "SSL.KEY.PEM",
+            "sasl.oauthbearer.client.SECRET",
+            "ssl.keystore.passphrase",
+            "some.future.password.property",
+        ] {
+            let user = format!("[kafka.properties]\n\"{key}\" = \"hunter2\"\n");
+            let e = load(Some(&user), &[]).unwrap_err().to_string();
+            assert!(e.contains("holds a secret in clear"), "{key}: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+            let user = format!("[kafka.consumer_properties]\n\"{key}\" = \"hunter2\"\n");
+            assert!(
+                load(Some(&user), &[]).is_err(),
+                "{key} in consumer_properties"
+            );
+        }
+        assert!(!is_secret_property("sasl.username"));
+        assert!(!is_secret_property("security.protocol"));
     }
 
     #[test]

@@ -3,12 +3,15 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Where a secret comes from: exactly one of an environment variable or a file
 /// (the file's content, trailing newline removed).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// Deserialized by hand: serde's derived error for a plain string here would
+/// be `invalid type: string "…"`, quoting the secret that was written in clear.
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct SecretRef {
     /// Name of the environment variable that holds the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +57,80 @@ impl SecretRef {
             return Err(SecretError::Empty);
         }
         Ok(value)
+    }
+}
+
+/// What a config error says when a value stands where a reference belongs.
+const IN_CLEAR: &str = "a secret is written in clear where a reference belongs (the value is not shown); \
+     write { env = \"VAR\" } or { file = \"PATH\" }";
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SecretRefVisitor)
+    }
+}
+
+struct SecretRefVisitor;
+
+/// Every scalar is refused without being quoted; only a table is read.
+impl<'de> Visitor<'de> for SecretRefVisitor {
+    type Value = SecretRef;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{ env = \"VAR\" } or { file = \"PATH\" }")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+        let mut secret = SecretRef {
+            env: None,
+            file: None,
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "env" if secret.env.is_none() => secret.env = Some(map.next_value()?),
+                "file" if secret.file.is_none() => secret.file = Some(map.next_value()?),
+                "env" | "file" => return Err(de::Error::duplicate_field("env or file")),
+                // A key's name is shown; its value is never read.
+                other => return Err(de::Error::unknown_field(other, &["env", "file"])),
+            }
+        }
+        Ok(secret)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<SecretRef, E> {
+        Err(E::custom(IN_CLEAR))
+    }
+
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<SecretRef, E> {
+        Err(E::custom(IN_CLEAR))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<SecretRef, E> {
+        Err(E::custom(IN_CLEAR))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<SecretRef, E> {
+        Err(E::custom(IN_CLEAR))
+    }
+
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<SecretRef, E> {
+        Err(E::custom(IN_CLEAR))
+    }
+
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<SecretRef, E> {
+        Err(E::custom(IN_CLEAR))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<SecretRef, E> {
+        Err(E::custom(IN_CLEAR))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<SecretRef, E> {
+        Err(E::custom(IN_CLEAR))
+    }
+
+    fn visit_char<E: de::Error>(self, _: char) -> Result<SecretRef, E> {
+        Err(E::custom(IN_CLEAR))
     }
 }
 
