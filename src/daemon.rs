@@ -80,6 +80,32 @@ pub fn build_outputs(settings: &Settings, kafka: bool) -> Result<Outputs, Daemon
     Ok(outputs)
 }
 
+/// For `check-config`: builds the consumer's and (when a Kafka output is
+/// configured) the producers' librdkafka configurations exactly as `run` does,
+/// and has librdkafka check every property without connecting. A refused
+/// property is named, its value never shown.
+pub fn check_kafka_config(settings: &Settings) -> Result<(), DaemonError> {
+    use crate::source::kafka::{check_config, consumer_config};
+    let kafka = |e| DaemonError::Source(SourceError::Kafka(e));
+    check_config(&consumer_config(&settings.kafka)?).map_err(kafka)?;
+    let produces = [
+        &settings.output.events_topic,
+        &settings.alerts.topic,
+        &settings.dead_letter.topic,
+    ]
+    .iter()
+    .any(|topic| !topic.trim().is_empty());
+    if produces {
+        let producer = crate::sinks::kafka::producer_config(
+            &client_config(&settings.kafka)?,
+            &settings.kafka.producer_properties,
+            settings.input.max_record_bytes,
+        );
+        check_config(&producer).map_err(kafka)?;
+    }
+    Ok(())
+}
+
 /// A daemon ready to run: the registry is loaded and the consumer subscribed.
 pub struct Daemon {
     reloader: RegistryReloader,

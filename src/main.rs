@@ -439,6 +439,9 @@ fn check_config(config: Option<&Path>) -> anyhow::Result<()> {
         Ok(None) => println!("# http.listen: off"),
         Err(e) => bail!("http.listen: {e}"),
     }
+    // The consumer's and producers' librdkafka properties, built as `run` builds them.
+    appwarden::daemon::check_kafka_config(&settings)?;
+    println!("# kafka: librdkafka accepts the consumer and producer properties");
     let registry = appwarden::identity::Registry::load(&settings.registry.path)
         .with_context(|| "registry.path".to_string())?;
     let engine =

@@ -9,6 +9,40 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::SinkError;
 
+/// A producer's librdkafka configuration, as `run` builds it: `base` (the
+/// connection and security properties shared with the consumer), the defaults
+/// below, then `overrides` (`kafka.producer_properties`).
+pub fn producer_config(
+    base: &ClientConfig,
+    overrides: &BTreeMap<String, String>,
+    max_message_bytes: usize,
+) -> ClientConfig {
+    let mut config = base.clone();
+    let defaults = [
+        ("enable.idempotence", "true"),
+        // lz4 costs a fraction of zstd's CPU per produce request (librdkafka
+        // builds a fresh zstd context for each one); zstd stays one override away.
+        ("compression.type", "lz4"),
+        // A batch's input offsets move once its records are acknowledged; a short
+        // linger keeps that wait short while later batches are already processed.
+        ("linger.ms", "2"),
+    ];
+    for (key, value) in defaults {
+        // `kafka.properties` may have set it already; `producer_properties` win below.
+        if config.get(key).is_none() {
+            config.set(key, value);
+        }
+    }
+    config.set(
+        "message.max.bytes",
+        (max_message_bytes + 64 * 1024).to_string(),
+    );
+    for (key, value) in overrides {
+        config.set(key, value);
+    }
+    config
+}
+
 /// Produces to one topic; the caller awaits the returned deliveries.
 pub struct KafkaTopicWriter {
     producer: FutureProducer,
@@ -24,30 +58,10 @@ impl KafkaTopicWriter {
         topic: &str,
         max_message_bytes: usize,
     ) -> Result<Self, SinkError> {
-        let mut config = config.clone();
-        let defaults = [
-            ("enable.idempotence", "true"),
-            // lz4 costs a fraction of zstd's CPU per produce request (librdkafka
-            // builds a fresh zstd context for each one); zstd stays one override away.
-            ("compression.type", "lz4"),
-            // A batch's input offsets move once its records are acknowledged; a short
-            // linger keeps that wait short while later batches are already processed.
-            ("linger.ms", "2"),
-        ];
-        for (key, value) in defaults {
-            // `kafka.properties` may have set it already; `producer_properties` win below.
-            if config.get(key).is_none() {
-                config.set(key, value);
-            }
-        }
-        config.set(
-            "message.max.bytes",
-            (max_message_bytes + 64 * 1024).to_string(),
-        );
-        for (key, value) in overrides {
-            config.set(key, value);
-        }
-        let producer: FutureProducer = config.create().map_err(|e| SinkError::kafka(topic, e))?;
+        let config = producer_config(config, overrides, max_message_bytes);
+        let producer: FutureProducer = config
+            .create()
+            .map_err(|e| SinkError::kafka(topic, crate::source::kafka::redacted(e, &config)))?;
         Ok(KafkaTopicWriter {
             producer,
             topic: topic.to_string(),

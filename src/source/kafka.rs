@@ -86,6 +86,71 @@ pub fn client_config(settings: &KafkaSettings) -> Result<ClientConfig, SourceErr
     Ok(config)
 }
 
+/// The consumer's librdkafka configuration, as `run` builds it (`check-config`
+/// has librdkafka check it too).
+pub fn consumer_config(settings: &KafkaSettings) -> Result<ClientConfig, SourceError> {
+    let mut config = client_config(settings)?;
+    config
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        // A new group must see the records already waiting, not only new ones.
+        .set("auto.offset.reset", "earliest")
+        // Lag and broker state for /metrics and /readyz; a user setting wins.
+        .set("statistics.interval.ms", "1000");
+    for (key, value) in &settings.consumer_properties {
+        config.set(key, value);
+    }
+    Ok(config)
+}
+
+/// Has librdkafka check every property of `config` without creating a client
+/// (nothing connects); a refusal is [`redacted`].
+pub fn check_config(config: &ClientConfig) -> Result<(), KafkaError> {
+    config
+        .create_native_config()
+        .map(drop)
+        .map_err(|error| redacted(error, config))
+}
+
+/// What librdkafka says of a configuration it refuses, without secrets: its
+/// `ClientConfig` error carries the rejected property's value (a misspelled
+/// `secret_properties` key is refused with the resolved secret), so a value is
+/// never shown, and the values of secret properties are cut from any message.
+pub fn redacted(error: KafkaError, config: &ClientConfig) -> KafkaError {
+    const REDACTED: &str = "[redacted]";
+    let secrets: Vec<&str> = config
+        .config_map()
+        .into_iter()
+        .filter(|(key, value)| crate::settings::is_secret_property(key) && !value.is_empty())
+        .map(|(_, value)| value)
+        .collect();
+    let scrub = |text: &str, extra: &str| {
+        let mut text = text.to_string();
+        for secret in secrets
+            .iter()
+            .copied()
+            .chain(Some(extra).filter(|v| !v.is_empty()))
+        {
+            text = text.replace(secret, REDACTED);
+        }
+        text
+    };
+    match error {
+        KafkaError::ClientConfig(code, description, key, value) => {
+            let shown = if value.is_empty() {
+                value.clone()
+            } else {
+                REDACTED.into()
+            };
+            KafkaError::ClientConfig(code, scrub(&description, &value), key, shown)
+        }
+        KafkaError::ClientCreation(message) => KafkaError::ClientCreation(scrub(&message, "")),
+        other => other,
+    }
+}
+
 /// What the consumer is doing, for summaries, metrics and readiness.
 #[derive(Debug, Default)]
 pub struct SourceProgress {
@@ -465,19 +530,7 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     pub fn new(settings: &KafkaSettings) -> Result<Self, SourceError> {
-        let mut config = client_config(settings)?;
-        config
-            .set("group.id", &settings.group_id)
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            // A new group must see the records already waiting, not only new ones.
-            .set("auto.offset.reset", "earliest")
-            // Lag and broker state for /metrics and /readyz; a user setting wins.
-            .set("statistics.interval.ms", "1000");
-        for (key, value) in &settings.consumer_properties {
-            config.set(key, value);
-        }
+        let config = consumer_config(settings)?;
         let progress = Arc::new(SourceProgress {
             consumed: settings
                 .topics
@@ -490,11 +543,13 @@ impl KafkaSource {
                 .collect(),
             ..SourceProgress::default()
         });
-        let consumer: StreamConsumer<GroupContext> = config.create_with_context(GroupContext {
-            progress: progress.clone(),
-            resume: std::sync::Mutex::new(HashMap::new()),
-            revoked: std::sync::Mutex::new(Vec::new()),
-        })?;
+        let consumer: StreamConsumer<GroupContext> = config
+            .create_with_context(GroupContext {
+                progress: progress.clone(),
+                resume: std::sync::Mutex::new(HashMap::new()),
+                revoked: std::sync::Mutex::new(Vec::new()),
+            })
+            .map_err(|error| redacted(error, &config))?;
         let topics = TopicFormats(
             settings
                 .topics
@@ -931,5 +986,52 @@ impl KafkaSource {
             run.unsaved = false;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(secret_file: &std::path::Path, property: &str) -> KafkaSettings {
+        let text = format!(
+            "brokers = \"127.0.0.1:9\"\ngroup_id = \"g\"\ntopics = []\n\
+             [secret_properties]\n\"{property}\" = {{ file = \"{}\" }}\n",
+            secret_file.display()
+        );
+        toml::from_str(&text).expect("kafka settings")
+    }
+
+    #[test]
+    fn a_refused_secret_property_is_redacted_from_the_error() {
+        let secret = "Kafka-Secret-5772156";
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, secret).expect("secret file");
+        // A misspelled name (librdkafka names it and its value), and a value
+        // librdkafka quotes in its own description.
+        for property in ["sasl.pasword", "security.protocol"] {
+            let settings = settings(&file, property);
+            let config = consumer_config(&settings).expect("resolves");
+            let checked = check_config(&config).expect_err("refused").to_string();
+            assert!(checked.contains(property), "{checked}");
+            assert!(!checked.contains(secret), "{checked}");
+            let built = KafkaSource::new(&settings)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(built.contains(property), "{built}");
+            assert!(!built.contains(secret), "{built}");
+            let producer = crate::sinks::KafkaTopicWriter::new(
+                &client_config(&settings).expect("resolves"),
+                &Default::default(),
+                "t",
+                1024,
+            )
+            .err()
+            .expect("refused")
+            .to_string();
+            assert!(!producer.contains(secret), "{producer}");
+        }
     }
 }

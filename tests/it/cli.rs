@@ -278,6 +278,74 @@ signing_key = { env = "APPWARDEN_TEST_SURELY_UNSET_KEY" }
     );
 }
 
+/// `check-config --config FILE` with `text` in FILE and `env` set: (success, stdout + stderr).
+fn check_config_with(text: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("user.toml");
+    std::fs::write(&config, text).expect("write");
+    let mut cmd = appwarden();
+    cmd.arg("check-config").arg("--config").arg(&config);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let output = cmd.output().expect("runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn check_config_never_shows_a_secret_written_in_clear() {
+    let secret = "clear-Secret-2236067";
+    for text in [
+        // Where a reference belongs.
+        format!("[kafka.secret_properties]\n\"sasl.password\" = \"{secret}\"\n"),
+        format!("[query]\ntoken = \"{secret}\"\n"),
+        // Where a plain property belongs, under a name in another case.
+        format!("[kafka.properties]\n\"SASL.Password\" = \"{secret}\"\n"),
+        format!("[kafka.producer_properties]\n\"ssl.keystore.PASSWORD\" = \"{secret}\"\n"),
+        // Unquoted: a TOML syntax error.
+        format!("[kafka.properties]\n\"sasl.username\" = {secret}\n"),
+    ] {
+        let (ok, output) = check_config_with(&text, &[]);
+        assert!(!ok, "accepted: {text}");
+        assert!(!output.contains(secret), "{output}");
+    }
+}
+
+#[test]
+fn check_config_builds_the_kafka_config_and_redacts_secret_values() {
+    let secret = "kafka-Secret-1732050";
+    // A misspelled secret property: librdkafka refuses the name and its error
+    // carries the (resolved) value.
+    let (ok, output) = check_config_with(
+        "[kafka.secret_properties]\n\"sasl.pasword\" = { env = \"APPWARDEN_TEST_KAFKA_PW\" }\n",
+        &[("APPWARDEN_TEST_KAFKA_PW", secret)],
+    );
+    assert!(!ok, "{output}");
+    assert!(output.contains("sasl.pasword"), "{output}");
+    assert!(!output.contains(secret), "{output}");
+    // A property librdkafka refuses is caught here, not only at `run`.
+    let (ok, output) = check_config_with(
+        "[kafka.consumer_properties]\n\"fetch.wait.max.ms\" = \"soon\"\n",
+        &[],
+    );
+    assert!(!ok, "{output}");
+    assert!(output.contains("fetch.wait.max.ms"), "{output}");
+    let (ok, output) = check_config_with(
+        "[output]\nevents_topic = \"enriched\"\n[kafka.producer_properties]\n\"linger.ms\" = \"later\"\n",
+        &[],
+    );
+    assert!(!ok, "{output}");
+    assert!(output.contains("linger.ms"), "{output}");
+    let (ok, output) = check_config_with("", &[]);
+    assert!(ok, "{output}");
+    assert!(output.contains("# kafka: librdkafka accepts"), "{output}");
+}
+
 /// The vendor records (`log`) of every wrapped sample line of `path`, one per line.
 fn unwrapped(path: &str) -> String {
     std::fs::read_to_string(fixture(path))
