@@ -135,7 +135,8 @@ impl HttpSink {
         };
         let target = match &settings.kind {
             SinkKind::Webhook { url, signing_key } => Target::Webhook {
-                url: parse_url(url).map_err(|e| format!("{}: {e}: {url}", key("url")))?,
+                url: parse_url(url)
+                    .map_err(|e| format!("{}: {e}: {}", key("url"), shown_url(url)))?,
                 signing_key: secret("signing_key", signing_key)?.into_bytes(),
             },
             SinkKind::Slack { webhook_url } => {
@@ -146,11 +147,13 @@ impl HttpSink {
                 }
             }
             SinkKind::Pagerduty { routing_key, url } => Target::Pagerduty {
-                url: parse_url(url).map_err(|e| format!("{}: {e}: {url}", key("url")))?,
+                url: parse_url(url)
+                    .map_err(|e| format!("{}: {e}: {}", key("url"), shown_url(url)))?,
                 routing_key: secret("routing_key", routing_key)?,
             },
             SinkKind::Revocation { url, token, live } => Target::Revocation {
-                url: parse_url(url).map_err(|e| format!("{}: {e}: {url}", key("url")))?,
+                url: parse_url(url)
+                    .map_err(|e| format!("{}: {e}: {}", key("url"), shown_url(url)))?,
                 token: secret("token", token)?,
                 live: *live,
             },
@@ -209,7 +212,7 @@ impl HttpSink {
                 if !live {
                     tracing::warn!(
                         sink = %self.name,
-                        url = %url,
+                        url = %redacted_url(url),
                         target = %revocation_target(alert),
                         identity = %alert.identity,
                         alert_id = %alert.id,
@@ -319,6 +322,42 @@ async fn error_body(mut response: reqwest::Response) -> String {
         end -= 1;
     }
     text[..end].trim().to_string()
+}
+
+/// A URL fit for logs: its userinfo and query values are replaced, its scheme,
+/// host, port, path and query keys kept, its fragment dropped. Tokens ride in
+/// userinfo (`https://user:token@…`) and in queries (`?token=…`).
+pub fn redacted_url(url: &Url) -> String {
+    const REDACTED: &str = "[redacted]";
+    let mut shown = format!("{}://", url.scheme());
+    if !url.username().is_empty() || url.password().is_some() {
+        shown.push_str(REDACTED);
+        shown.push('@');
+    }
+    shown.push_str(url.host_str().unwrap_or_default());
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    if let Some(query) = url.query() {
+        let pairs: Vec<String> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}={REDACTED}"),
+                // A bare `?abc123` may be the token itself.
+                None => REDACTED.to_string(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    shown
+}
+
+/// A configured URL for an error message: redacted when it parses, else not shown.
+fn shown_url(text: &str) -> String {
+    Url::parse(text).map_or_else(|_| "(not shown)".to_string(), |url| redacted_url(&url))
 }
 
 fn parse_url(text: &str) -> Result<Url, &'static str> {
@@ -599,6 +638,30 @@ pub fn revocation_payload(alert: &Alert) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_urls_keep_host_path_and_query_keys() {
+        let url = |text: &str| redacted_url(&Url::parse(text).unwrap());
+        assert_eq!(
+            url(
+                "https://ops:Tok3n-s3cret@revoke.example.com:8443/v1/apps/revoke?token=Tok3n-s3cret&dry=1#frag"
+            ),
+            "https://[redacted]@revoke.example.com:8443/v1/apps/revoke?token=[redacted]&dry=[redacted]"
+        );
+        assert_eq!(
+            url("https://Tok3n-s3cret@revoke.example.com/v1?Tok3n-s3cret"),
+            "https://[redacted]@revoke.example.com/v1?[redacted]"
+        );
+        assert_eq!(
+            url("http://127.0.0.1:9000/revoke"),
+            "http://127.0.0.1:9000/revoke"
+        );
+        assert_eq!(url("http://[::1]:9/r?a=b"), "http://[::1]:9/r?a=[redacted]");
+        // A configured URL that is refused is named without its credentials.
+        let e = shown_url("ftp://ops:Tok3n-s3cret@files.example.com/x");
+        assert_eq!(e, "ftp://[redacted]@files.example.com/x");
+        assert_eq!(shown_url("not a url Tok3n-s3cret"), "(not shown)");
+    }
 
     #[test]
     fn hmac_and_hex_match_a_known_vector() {

@@ -602,6 +602,24 @@ impl Write for Captured {
     }
 }
 
+/// Delivers `alert` with `tracing` writing into a buffer (on this thread:
+/// the tests run on a current-thread runtime); returns the outcome and the log.
+async fn deliver_logged(sink: &HttpSink, alert: &Alert) -> (Result<(), DeliveryError>, String) {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let outcome = sink.deliver(alert).await;
+    drop(guard);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    (outcome, text)
+}
+
 #[tokio::test]
 async fn revocation_dry_run_calls_nothing_and_says_what_it_would_revoke() {
     let receiver = Receiver::start(|_| Reply::status(200));
@@ -616,27 +634,47 @@ async fn revocation_dry_run_calls_nothing_and_says_what_it_would_revoke() {
         },
     ))
     .unwrap();
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer({
-            let logs = logs.clone();
-            move || logs.clone()
-        })
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
-
-    let outcome = sink.deliver(&alert()).await;
-    drop(guard);
+    let (outcome, logs) = deliver_logged(&sink, &alert()).await;
 
     assert_eq!(outcome, Ok(()));
     // A call would have been recorded before `deliver` got its answer.
     assert_eq!(receiver.requests().len(), 0);
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("WARN"), "{logs}");
     assert!(logs.contains("would revoke payroll-sync"), "{logs}");
     assert!(logs.contains("9f3c2a1b7d4e5f60"), "{logs}");
     assert!(!logs.contains("tok-live-7d2e"), "{logs}");
+}
+
+#[tokio::test]
+async fn revocation_dry_run_log_hides_the_credentials_in_its_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = HttpSink::new(&settings(
+        "kill-switch",
+        5,
+        SinkKind::Revocation {
+            url: "https://ops:pw-in-userinfo-51d2@revoke.example.com:8443/v1/apps/revoke?token=tok-in-query-8a3f&team=blue-77q".into(),
+            token: secret_file(&dir, "token", "tok-live-7d2e"),
+            live: false,
+        },
+    ))
+    .unwrap();
+    let (outcome, logs) = deliver_logged(&sink, &alert()).await;
+
+    assert_eq!(outcome, Ok(()));
+    assert!(logs.contains("would revoke payroll-sync"), "{logs}");
+    for secret in [
+        "pw-in-userinfo-51d2",
+        "tok-in-query-8a3f",
+        "ops:",
+        "blue-77q",
+        "tok-live-7d2e",
+    ] {
+        assert!(!logs.contains(secret), "{secret} in the log: {logs}");
+    }
+    assert!(
+        logs.contains("revoke.example.com:8443/v1/apps/revoke?token=[redacted]&team=[redacted]"),
+        "{logs}"
+    );
 }
 
 #[tokio::test]
