@@ -36,7 +36,7 @@ pub(super) fn file_keys(path: &Path) -> Result<BTreeSet<String>, String> {
         .add_source(File::from(path).format(FileFormat::Toml))
         .build()
         .and_then(|c| Source::collect(&c))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| super::load_error(&e))?;
     let mut keys = BTreeSet::new();
     let mut pending: Vec<(String, config::Value)> = table.into_iter().collect();
     while let Some((key, value)) = pending.pop() {
