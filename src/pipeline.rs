@@ -412,6 +412,47 @@ mod tests {
     }
 
     #[test]
+    fn each_line_of_a_multi_line_squid_record_keeps_only_its_own_line_as_raw_data() {
+        let mut p = pipeline(4096);
+        let lines = [
+            "1700000000.123  30012 10.1.2.3 TCP_TUNNEL/200 5120 CONNECT api.openai.com:443 alice HIER_DIRECT/104.18.7.192 -",
+            "1700000001.000     12 10.1.2.4 TCP_MISS/200 734 GET http://example.com/a?b=c bob HIER_DIRECT/93.184.216.34 text/html",
+            "1700000002.500      0 10.1.2.5 TCP_DENIED/403 3900 CONNECT evil.example:443 - HIER_NONE/- text/html",
+        ];
+        let record = format!("{}\r\n\n{}\n{}\n", lines[0], lines[1], lines[2]);
+        let mut out = Vec::new();
+        let added = p
+            .process(
+                Format::Squid,
+                &DecodeOptions::default(),
+                record.as_bytes(),
+                origin(1),
+                &mut out,
+            )
+            .expect("decoded");
+        assert_eq!(added, 3);
+        let raw: Vec<&str> = out
+            .iter()
+            .map(|e| e.raw_data.as_deref().expect("raw_data kept"))
+            .collect();
+        assert_eq!(
+            raw, lines,
+            "each event carries its own line, not the record"
+        );
+        // A single line (with its line break) still keeps the line as it was written.
+        let mut one = Vec::new();
+        p.process(
+            Format::Squid,
+            &DecodeOptions::default(),
+            format!("{}\n", lines[0]).as_bytes(),
+            origin(2),
+            &mut one,
+        )
+        .expect("decoded");
+        assert_eq!(one[0].raw_data.as_deref(), Some(lines[0]));
+    }
+
+    #[test]
     fn oversized_records_are_not_parsed() {
         let mut p = pipeline(64);
         let big = vec![b' '; 65];
