@@ -18,7 +18,7 @@ use crate::telemetry::{RateLimitedLog, Stats};
 /// A record that could not be decoded, with everything needed to replay it later.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetter {
-    /// Fixed reason label (`bad_json`, `oversized`, `wrong_shape`, …).
+    /// Fixed reason label (`bad_json`, `oversized`, `wrong_shape`, …, `event_too_large`).
     pub reason: &'static str,
     /// The full error message.
     pub error: String,
@@ -49,6 +49,28 @@ impl DeadLetter {
         record: &[u8],
         max_payload: usize,
     ) -> Self {
+        Self::with_reason(
+            error.reason(),
+            error.to_string(),
+            format,
+            origin,
+            record,
+            max_payload,
+        )
+    }
+
+    /// A dead letter for a reason of its own (one of
+    /// [`crate::telemetry::DEAD_LETTER_REASONS`]), keeping at most `max_payload`
+    /// bytes of `record`.
+    pub fn with_reason(
+        reason: &'static str,
+        error: String,
+        format: Format,
+        origin: Origin,
+        record: &[u8],
+        max_payload: usize,
+    ) -> Self {
+        let max_payload = max_payload.max(64);
         // A dead letter must always fit its topic: an oversized record keeps a prefix
         // and its hash, so it can neither be lost silently nor block the pipeline.
         let truncated = record.len() > max_payload;
@@ -78,8 +100,8 @@ impl DeadLetter {
             ),
         };
         DeadLetter {
-            reason: error.reason(),
-            error: error.to_string(),
+            reason,
+            error,
             format,
             origin,
             observed_time: Utc::now(),
