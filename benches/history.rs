@@ -71,6 +71,7 @@ fn settings(path: &Path) -> HistorySettings {
         s3_allow_http: false,
         flush_interval_secs: 3600,
         flush_max_events: usize::MAX,
+        flush_max_mib: 1024,
         retention_days: 0,
         raw_data: false,
         zstd_level: 3,

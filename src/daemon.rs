@@ -46,8 +46,12 @@ pub enum DaemonError {
 }
 
 /// Builds the outputs the settings ask for. `kafka` is false for `replay`, which never produces.
-pub fn build_outputs(settings: &Settings, kafka: bool) -> Result<Outputs, DaemonError> {
-    let mut outputs = Outputs::default();
+pub fn build_outputs(
+    settings: &Settings,
+    kafka: bool,
+    stats: Arc<Stats>,
+) -> Result<Outputs, DaemonError> {
+    let mut outputs = Outputs::new(stats, settings.dead_letter.max_payload_bytes);
     let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
     if let Some(file) = non_empty(&settings.output.events_file) {
         outputs.events_file = Some(NdjsonWriter::open(Path::new(&file))?);
@@ -133,7 +137,7 @@ impl Daemon {
         )
         .with_max_future(settings.input.max_future_secs)
         .with_max_dead_letter_payload(settings.dead_letter.max_payload_bytes);
-        let outputs = build_outputs(settings, true)?;
+        let outputs = build_outputs(settings, true, stats.clone())?;
         let source = KafkaSource::new(&settings.kafka)?;
         let engine = Engine::start(&settings.detect)?;
         let snapshots = (!settings.state.snapshot_path.trim().is_empty()).then(|| SnapshotPolicy {

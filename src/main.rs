@@ -278,7 +278,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     )
     .with_max_future(settings.input.max_future_secs)
     .with_max_dead_letter_payload(settings.dead_letter.max_payload_bytes);
-    let mut outputs = build_outputs(&settings, false)?;
+    let mut outputs = build_outputs(&settings, false, stats.clone())?;
     if let Some(path) = args.events_out.as_deref() {
         outputs.events_file = Some(NdjsonWriter::open(path)?);
     }

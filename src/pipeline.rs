@@ -18,7 +18,7 @@ use crate::telemetry::{RateLimitedLog, Stats};
 /// A record that could not be decoded, with everything needed to replay it later.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetter {
-    /// Fixed reason label (`bad_json`, `oversized`, `wrong_shape`, …).
+    /// Fixed reason label (`bad_json`, `oversized`, `wrong_shape`, …, `event_too_large`).
     pub reason: &'static str,
     /// The full error message.
     pub error: String,
@@ -49,6 +49,28 @@ impl DeadLetter {
         record: &[u8],
         max_payload: usize,
     ) -> Self {
+        Self::with_reason(
+            error.reason(),
+            error.to_string(),
+            format,
+            origin,
+            record,
+            max_payload,
+        )
+    }
+
+    /// A dead letter for a reason of its own (one of
+    /// [`crate::telemetry::DEAD_LETTER_REASONS`]), keeping at most `max_payload`
+    /// bytes of `record`.
+    pub fn with_reason(
+        reason: &'static str,
+        error: String,
+        format: Format,
+        origin: Origin,
+        record: &[u8],
+        max_payload: usize,
+    ) -> Self {
+        let max_payload = max_payload.max(64);
         // A dead letter must always fit its topic: an oversized record keeps a prefix
         // and its hash, so it can neither be lost silently nor block the pipeline.
         let truncated = record.len() > max_payload;
@@ -78,8 +100,8 @@ impl DeadLetter {
             ),
         };
         DeadLetter {
-            reason: error.reason(),
-            error: error.to_string(),
+            reason,
+            error,
             format,
             origin,
             observed_time: Utc::now(),
@@ -409,6 +431,47 @@ mod tests {
             "cut on a character boundary"
         );
         assert_eq!(dl.payload_sha256.as_deref().map(str::len), Some(64));
+    }
+
+    #[test]
+    fn each_line_of_a_multi_line_squid_record_keeps_only_its_own_line_as_raw_data() {
+        let mut p = pipeline(4096);
+        let lines = [
+            "1700000000.123  30012 10.1.2.3 TCP_TUNNEL/200 5120 CONNECT api.openai.com:443 alice HIER_DIRECT/104.18.7.192 -",
+            "1700000001.000     12 10.1.2.4 TCP_MISS/200 734 GET http://example.com/a?b=c bob HIER_DIRECT/93.184.216.34 text/html",
+            "1700000002.500      0 10.1.2.5 TCP_DENIED/403 3900 CONNECT evil.example:443 - HIER_NONE/- text/html",
+        ];
+        let record = format!("{}\r\n\n{}\n{}\n", lines[0], lines[1], lines[2]);
+        let mut out = Vec::new();
+        let added = p
+            .process(
+                Format::Squid,
+                &DecodeOptions::default(),
+                record.as_bytes(),
+                origin(1),
+                &mut out,
+            )
+            .expect("decoded");
+        assert_eq!(added, 3);
+        let raw: Vec<&str> = out
+            .iter()
+            .map(|e| e.raw_data.as_deref().expect("raw_data kept"))
+            .collect();
+        assert_eq!(
+            raw, lines,
+            "each event carries its own line, not the record"
+        );
+        // A single line (with its line break) still keeps the line as it was written.
+        let mut one = Vec::new();
+        p.process(
+            Format::Squid,
+            &DecodeOptions::default(),
+            format!("{}\n", lines[0]).as_bytes(),
+            origin(2),
+            &mut one,
+        )
+        .expect("decoded");
+        assert_eq!(one[0].raw_data.as_deref(), Some(lines[0]));
     }
 
     #[test]

@@ -16,6 +16,34 @@ use crate::event::{Category, IdentityStatus, NormalizedEvent, Product, SourceKin
 
 const SOURCES: [SourceKind; 3] = [SourceKind::Sso, SourceKind::Gateway, SourceKind::Secrets];
 
+/// Why a record is dead-lettered: every decode error's reason, and an enriched
+/// event too large for its topic even without its vendor record.
+pub const DEAD_LETTER_REASONS: [&str; DecodeError::REASONS.len() + 1] = {
+    let mut all = [EVENT_TOO_LARGE; DecodeError::REASONS.len() + 1];
+    let mut i = 0;
+    while i < DecodeError::REASONS.len() {
+        all[i] = DecodeError::REASONS[i];
+        i += 1;
+    }
+    all
+};
+
+/// The dead-letter reason of an enriched event that cannot fit its topic.
+pub const EVENT_TOO_LARGE: &str = "event_too_large";
+
+/// Outputs too large for their Kafka topic, as (output, action): `truncated` (cut
+/// to fit and marked), `dead_lettered` (an event that cannot fit), `dropped` (an
+/// alert that cannot fit: it still goes to its other sinks), `key_hashed` (a key
+/// over 1 KiB sent as its SHA-256).
+pub const OVERSIZED_OUTPUTS: [(&str, &str); 6] = [
+    ("events", "truncated"),
+    ("events", "dead_lettered"),
+    ("events", "key_hashed"),
+    ("alerts", "truncated"),
+    ("alerts", "dropped"),
+    ("alerts", "key_hashed"),
+];
+
 fn index_of<T: PartialEq>(all: &[T], item: &T) -> usize {
     all.iter().position(|x| x == item).unwrap_or(0)
 }
@@ -30,7 +58,8 @@ pub struct Stats {
     events_by_source: [AtomicU64; SOURCES.len()],
     events_by_status: [AtomicU64; 3],
     decode_errors: [AtomicU64; DecodeError::REASONS.len()],
-    dead_letters: [AtomicU64; DecodeError::REASONS.len()],
+    dead_letters: [AtomicU64; DEAD_LETTER_REASONS.len()],
+    oversized_outputs: [AtomicU64; OVERSIZED_OUTPUTS.len()],
     alerts: AtomicU64,
     /// Alerts by (detector, severity, app risk tier); detectors are configured, so few.
     alerts_by_label: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
@@ -55,6 +84,8 @@ pub struct StatsSnapshot {
     pub decode_errors: Vec<(&'static str, u64)>,
     pub dead_letters: u64,
     pub dead_letters_by_reason: Vec<(&'static str, u64)>,
+    /// Outputs cut, dead-lettered, dropped or re-keyed to fit their topic (see [`OVERSIZED_OUTPUTS`]).
+    pub oversized_outputs: Vec<((&'static str, &'static str), u64)>,
     pub alerts: u64,
     /// Alerts by detector, severity and app risk tier (`none` for unregistered identities).
     pub alerts_by_label: Vec<((String, &'static str, &'static str), u64)>,
@@ -109,15 +140,21 @@ impl Stats {
             .record(behind.to_std().unwrap_or(Duration::ZERO));
     }
 
-    /// Counts a dead-lettered record by its reason (one of [`DecodeError::REASONS`]).
+    /// Counts a dead-lettered record by its reason (one of [`DEAD_LETTER_REASONS`]).
     pub fn dead_letter(&self, reason: &str) {
-        let i = index_of(&DecodeError::REASONS, &reason);
+        let i = index_of(&DEAD_LETTER_REASONS, &reason);
         self.dead_letters[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an output fitted to its topic (a pair of [`OVERSIZED_OUTPUTS`]).
+    pub fn oversized_output(&self, output: &'static str, action: &'static str) {
+        let i = index_of(&OVERSIZED_OUTPUTS, &(output, action));
+        self.oversized_outputs[i].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let dead_letters_by_reason: Vec<(&'static str, u64)> = DecodeError::REASONS
+        let dead_letters_by_reason: Vec<(&'static str, u64)> = DEAD_LETTER_REASONS
             .iter()
             .zip(&self.dead_letters)
             .map(|(r, a)| (*r, load(a)))
@@ -152,6 +189,11 @@ impl Stats {
                 .collect(),
             dead_letters: dead_letters_by_reason.iter().map(|(_, v)| v).sum(),
             dead_letters_by_reason,
+            oversized_outputs: OVERSIZED_OUTPUTS
+                .iter()
+                .zip(&self.oversized_outputs)
+                .map(|(pair, a)| (*pair, load(a)))
+                .collect(),
             alerts: load(&self.alerts),
             alerts_by_label: lock(&self.alerts_by_label)
                 .iter()

@@ -4,7 +4,8 @@
 //! `time elapsed remotehost code/status bytes method URL [rfc931 [peerstatus/peerhost [type]]]`,
 //! e.g. `1700000000.123  30012 10.1.2.3 TCP_TUNNEL/200 5120 CONNECT api.openai.com:443 alice HIER_DIRECT/104.18.7.192 -`.
 //! The first seven fields are required. A payload holding several lines yields one
-//! event per non-blank line; if any line fails, the whole payload fails.
+//! event per non-blank line, each with its own line as `raw_data`; if any line
+//! fails, the whole payload fails.
 //!
 //! | event field | from |
 //! |---|---|
@@ -22,6 +23,8 @@
 //! A `code/status` field without `/`, or whose status is not a number, makes the
 //! line `wrong_shape` (it is not a native-format line); a non-numeric `bytes` is
 //! left out rather than rejected.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -140,13 +143,18 @@ fn decode_line(line: &str) -> Result<NormalizedEvent, DecodeError> {
     Ok(event)
 }
 
-/// Decodes Squid native access-log text: one event per non-blank line.
+/// Decodes Squid native access-log text: one event per non-blank line, whose
+/// `raw_data` is that line alone (the whole payload in each event of a record of
+/// many lines would make the outputs grow with lines × bytes).
 pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), DecodeError> {
     let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
     let start = out.len();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         match decode_line(line) {
-            Ok(event) => out.push(event),
+            Ok(mut event) => {
+                event.raw_data = Some(Arc::from(line.trim_end()));
+                out.push(event);
+            }
             Err(e) => {
                 out.truncate(start);
                 return Err(e);

@@ -7,7 +7,8 @@
 //!
 //! The [`HistoryWriter`] buffers rows and encodes them on its own thread, so
 //! Parquet encoding never runs on the async runtime. A flush writes one file
-//! per open partition, each whole or not at all; the Kafka source stores
+//! per open partition (several when its text passes `history.flush_max_mib`),
+//! each whole or not at all; the Kafka source stores
 //! input offsets only after the flush that made their rows durable.
 
 pub mod schema;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
@@ -55,6 +57,11 @@ pub struct HistorySettings {
     pub flush_interval_secs: u64,
     /// …or as soon as this many events are buffered.
     pub flush_max_events: usize,
+    /// …or as soon as their text (strings, `raw_data` when kept) reaches this many
+    /// MiB; a flush also cuts each partition into files of at most this much text,
+    /// since one Arrow string column of one batch holds at most 2 GiB (1–1024).
+    #[serde(default = "default_flush_max_mib")]
+    pub flush_max_mib: u64,
     /// The daemon deletes partitions whose hour ended more than this many days before
     /// the wall clock; 0 keeps all. `replay` applies only its own `--retention-days`.
     pub retention_days: u64,
@@ -63,6 +70,10 @@ pub struct HistorySettings {
     pub raw_data: bool,
     /// zstd level for Parquet pages (1–22).
     pub zstd_level: i32,
+}
+
+fn default_flush_max_mib() -> u64 {
+    256
 }
 
 impl HistorySettings {
@@ -81,6 +92,15 @@ impl HistorySettings {
             return Err((
                 "history.flush_max_events".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if !(1..=1024).contains(&self.flush_max_mib) {
+            return Err((
+                "history.flush_max_mib".into(),
+                format!(
+                    "must be between 1 and 1024 (MiB), not {}",
+                    self.flush_max_mib
+                ),
             ));
         }
         crate::settings::at_most(
@@ -193,9 +213,13 @@ pub struct HistoryWriter {
     tx: Option<mpsc::Sender<Msg>>,
     thread: Option<JoinHandle<()>>,
     buffered: usize,
+    /// Text bytes of the buffered rows (see [`EventRow::text_bytes`]).
+    buffered_bytes: usize,
     since: Option<Instant>,
     interval: Duration,
     max_events: usize,
+    max_bytes: usize,
+    raw_data: bool,
     stats: Arc<HistoryStats>,
     store: Store,
 }
@@ -235,6 +259,7 @@ impl HistoryWriter {
                 .set_max_row_group_row_count(Some(256 * 1024))
                 .build(),
             raw_data: settings.raw_data,
+            max_bytes: max_bytes(settings),
             retention: (settings.retention_days > 0)
                 .then(|| chrono::Duration::days(settings.retention_days as i64)),
             clock,
@@ -251,9 +276,12 @@ impl HistoryWriter {
             tx: Some(tx),
             thread: Some(handle),
             buffered: 0,
+            buffered_bytes: 0,
             since: None,
             interval: Duration::from_secs(settings.flush_interval_secs),
             max_events: settings.flush_max_events,
+            max_bytes: max_bytes(settings),
+            raw_data: settings.raw_data,
             stats,
             store,
         })
@@ -281,6 +309,10 @@ impl HistoryWriter {
             return Ok(());
         }
         self.buffered += rows.len();
+        self.buffered_bytes = rows
+            .iter()
+            .map(|r| r.text_bytes(self.raw_data))
+            .fold(self.buffered_bytes, usize::saturating_add);
         self.since.get_or_insert_with(Instant::now);
         self.send(Msg::Events(rows))
     }
@@ -290,19 +322,27 @@ impl HistoryWriter {
         if alerts.is_empty() {
             return Ok(());
         }
+        self.buffered_bytes = alerts
+            .iter()
+            .map(schema::alert_text_bytes)
+            .fold(self.buffered_bytes, usize::saturating_add);
         self.since.get_or_insert_with(Instant::now);
         self.send(Msg::Alerts(alerts.to_vec()))
     }
 
-    /// Whether buffered rows are due to be written (too many, or waiting too long).
+    /// Whether buffered rows are due to be written (too many, too much text, or
+    /// waiting too long).
     pub fn due(&self) -> bool {
-        self.buffered >= self.max_events || self.since.is_some_and(|s| s.elapsed() >= self.interval)
+        self.buffered >= self.max_events
+            || self.buffered_bytes >= self.max_bytes
+            || self.since.is_some_and(|s| s.elapsed() >= self.interval)
     }
 
-    /// Whether twice the event rows that make a flush due are buffered: the writer
-    /// is behind, and the caller should wait for it rather than buffer more.
+    /// Whether twice the event rows (or text) that make a flush due are buffered: the
+    /// writer is behind, and the caller should wait for it rather than buffer more.
     pub fn overdue(&self) -> bool {
         self.buffered >= self.max_events.saturating_mul(2)
+            || self.buffered_bytes >= self.max_bytes.saturating_mul(2)
     }
 
     /// Whether anything is buffered.
@@ -328,6 +368,7 @@ impl HistoryWriter {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Flush(reply))?;
         self.buffered = 0;
+        self.buffered_bytes = 0;
         self.since = None;
         Ok(PendingFlush(rx))
     }
@@ -349,6 +390,60 @@ impl Drop for HistoryWriter {
     }
 }
 
+/// `history.flush_max_mib` in bytes.
+fn max_bytes(settings: &HistorySettings) -> usize {
+    usize::try_from(settings.flush_max_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+}
+
+/// Cuts `rows` into runs of at most `max_bytes` of text each (a row larger than
+/// that alone makes a run), in order.
+fn cut_by_bytes<T>(rows: Vec<T>, max_bytes: usize, bytes: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut runs: Vec<Vec<T>> = Vec::new();
+    let mut current: Vec<T> = Vec::new();
+    let mut size = 0usize;
+    for row in rows {
+        let len = bytes(&row);
+        if !current.is_empty() && size.saturating_add(len) > max_bytes {
+            runs.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size = size.saturating_add(len);
+        current.push(row);
+    }
+    if !current.is_empty() {
+        runs.push(current);
+    }
+    runs
+}
+
+/// What [`WriterThread::write_partitions`] wrote, and the rows it left buffered.
+struct Written<K, T> {
+    files: usize,
+    rows: usize,
+    bytes: usize,
+    left: BTreeMap<K, Vec<T>>,
+}
+
+impl<K, T> Written<K, T> {
+    fn nothing(left: BTreeMap<K, Vec<T>>) -> Self {
+        Written {
+            files: 0,
+            rows: 0,
+            bytes: 0,
+            left,
+        }
+    }
+
+    /// Adds the files and bytes to `report` and the rows to `rows_written`;
+    /// returns the rows left buffered.
+    fn count(self, report: &mut FlushReport, rows_written: &AtomicU64) -> BTreeMap<K, Vec<T>> {
+        report.files += self.files;
+        report.bytes += self.bytes;
+        rows_written.fetch_add(self.rows as u64, Ordering::Relaxed);
+        self.left
+    }
+}
+
 /// The hour partition of an event: `(product, day, hour)`.
 type EventPartition = (Product, chrono::NaiveDate, u32);
 type AlertPartition = (chrono::NaiveDate, u32);
@@ -359,6 +454,8 @@ struct WriterThread {
     alerts: BTreeMap<AlertPartition, Vec<Alert>>,
     properties: WriterProperties,
     raw_data: bool,
+    /// Text bytes of one file at most (`history.flush_max_mib`).
+    max_bytes: usize,
     retention: Option<chrono::Duration>,
     clock: Clock,
     last_expiry: Option<Instant>,
@@ -438,8 +535,9 @@ impl WriterThread {
         Ok(size)
     }
 
-    /// Writes one file per buffered partition. A partition whose file failed stays
-    /// buffered (and the error is returned) so that nothing is lost.
+    /// Writes the buffered partitions, each as files of at most `max_bytes` of text.
+    /// The rows of a file that failed, and of every file after it, stay buffered (and
+    /// the error is returned) so that nothing is lost.
     fn flush(&mut self) -> Result<FlushReport, HistoryError> {
         let mut report = FlushReport::default();
         let events = std::mem::take(&mut self.events);
@@ -449,74 +547,85 @@ impl WriterThread {
         {
             *oldest = Some(oldest.map_or(start, |o| o.min(start)));
         }
-        let mut failure = None;
-        for ((product, day, hour), rows) in events {
-            if failure.is_some() {
-                self.events.insert((product, day, hour), rows);
-                continue;
-            }
-            let result = schema::events_batch(&rows, self.raw_data)
-                .map_err(|e| HistoryError::Encode(e.to_string()))
-                .and_then(|batch| {
-                    let name = self.file_name();
-                    let relative = format!(
-                        "events/source={}/day={}/hour={hour:02}/{name}",
-                        product.as_str(),
-                        day.format("%Y-%m-%d")
-                    );
-                    self.write(relative, &batch)
-                });
-            match result {
-                Ok(bytes) => {
-                    report.files += 1;
-                    report.events += rows.len();
-                    report.bytes += bytes;
-                    self.stats
-                        .events_written
-                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    self.events.insert((product, day, hour), rows);
-                    failure = Some(error);
-                }
-            }
-        }
+        let raw_data = self.raw_data;
+        let (events, mut failure) = self.write_partitions(
+            events,
+            |r| r.text_bytes(raw_data),
+            |(product, day, hour), rows| {
+                let relative = format!(
+                    "events/source={}/day={}/hour={hour:02}",
+                    product.as_str(),
+                    day.format("%Y-%m-%d")
+                );
+                let batch = schema::events_batch(rows, raw_data);
+                (relative, batch)
+            },
+        );
+        report.events += events.rows;
+        self.events = events.count(&mut report, &self.stats.events_written);
         let alerts = std::mem::take(&mut self.alerts);
-        for ((day, hour), rows) in alerts {
-            if failure.is_some() {
-                self.alerts.insert((day, hour), rows);
-                continue;
-            }
-            let result = schema::alerts_batch(&rows)
-                .map_err(|e| HistoryError::Encode(e.to_string()))
-                .and_then(|batch| {
-                    let name = self.file_name();
-                    let relative = format!(
-                        "alerts/day={}/hour={hour:02}/{name}",
-                        day.format("%Y-%m-%d")
-                    );
-                    self.write(relative, &batch)
+        let alerts = if failure.is_some() {
+            Written::nothing(alerts)
+        } else {
+            let (alerts, error) =
+                self.write_partitions(alerts, schema::alert_text_bytes, |(day, hour), rows| {
+                    let relative = format!("alerts/day={}/hour={hour:02}", day.format("%Y-%m-%d"));
+                    (relative, schema::alerts_batch(rows))
                 });
-            match result {
-                Ok(bytes) => {
-                    report.files += 1;
-                    report.alerts += rows.len();
-                    report.bytes += bytes;
-                    self.stats
-                        .alerts_written
-                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    self.alerts.insert((day, hour), rows);
-                    failure = Some(error);
-                }
-            }
-        }
+            failure = error;
+            alerts
+        };
+        report.alerts += alerts.rows;
+        self.alerts = alerts.count(&mut report, &self.stats.alerts_written);
         if let Some(error) = failure {
             return Err(error);
         }
         self.expire();
         Ok(report)
+    }
+
+    /// Writes each partition as files of at most `max_bytes` of text (by `bytes`
+    /// per row), each file's folder and batch from `batch`. At the first failure,
+    /// the rows of that file and of every file after it are left, with the error.
+    fn write_partitions<K: Ord + Copy, T>(
+        &mut self,
+        partitions: BTreeMap<K, Vec<T>>,
+        bytes: impl Fn(&T) -> usize,
+        batch: impl Fn(K, &[T]) -> (String, Result<RecordBatch, ArrowError>),
+    ) -> (Written<K, T>, Option<HistoryError>) {
+        let mut written = Written::nothing(BTreeMap::new());
+        let mut failure = None;
+        for (partition, rows) in partitions {
+            if failure.is_some() {
+                written.left.insert(partition, rows);
+                continue;
+            }
+            let mut runs = cut_by_bytes(rows, self.max_bytes, &bytes).into_iter();
+            while let Some(run) = runs.next() {
+                let (folder, result) = batch(partition, &run);
+                let result = result
+                    .map_err(|e| HistoryError::Encode(e.to_string()))
+                    .and_then(|batch| {
+                        let name = self.file_name();
+                        self.write(format!("{folder}/{name}"), &batch)
+                    });
+                match result {
+                    Ok(size) => {
+                        written.files += 1;
+                        written.rows += run.len();
+                        written.bytes += size;
+                    }
+                    Err(error) => {
+                        // The files already written hold their rows; the rest stays buffered.
+                        let left = written.left.entry(partition).or_default();
+                        left.extend(run);
+                        left.extend(runs.by_ref().flatten());
+                        failure = Some(error);
+                    }
+                }
+            }
+        }
+        (written, failure)
     }
 
     /// Deletes expired partitions, at most once an hour.
@@ -643,6 +752,55 @@ mod tests {
         old.flush().await.expect("an idle flush expires");
         assert_eq!(event_files(dir.path()), 0, "expired by the later clock");
         assert_eq!(old.stats().files_expired.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_flush_is_due_and_cut_into_files_by_the_bytes_of_its_text() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = settings(dir.path());
+        settings.flush_max_mib = 1;
+        settings.flush_max_events = 1_000_000;
+        settings.flush_interval_secs = 3600;
+        settings.raw_data = true;
+        let mut writer =
+            HistoryWriter::start_with_clock(&settings, clock_at("2026-11-21T00:00:00Z"))
+                .expect("writer");
+        // Rows of one hour partition, each holding 300 KiB of vendor record.
+        let big = |minute| {
+            let mut row = row(minute);
+            let mut event = (*row.event).clone();
+            event.raw_data = Some(Arc::from("x".repeat(300 * 1024)));
+            row.event = Arc::new(event);
+            row
+        };
+        writer.events((0..3).map(big).collect()).expect("buffered");
+        assert!(!writer.due(), "900 KiB of text is under the 1 MiB bound");
+        writer.events(vec![big(3)]).expect("buffered");
+        assert!(writer.due(), "1.2 MiB of text makes the flush due");
+        writer.events((4..10).map(big).collect()).expect("buffered");
+        assert!(writer.overdue(), "3 MiB of text is twice the bound");
+
+        let report = writer.flush().await.expect("written");
+        assert_eq!(report.events, 10);
+        // Three 300 KiB records fit in 1 MiB, four do not: 10 rows make 4 files.
+        assert_eq!(report.files, 4, "{report:?}");
+        assert_eq!(event_files(dir.path()), 4);
+        assert!(!writer.due(), "nothing is buffered after the flush");
+    }
+
+    #[test]
+    fn flush_max_mib_outside_1_to_1024_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = settings(dir.path());
+        assert_eq!(settings.flush_max_mib, 256, "the default");
+        for bad in [0, 1025] {
+            settings.flush_max_mib = bad;
+            let (key, message) = settings.validate().expect_err("refused");
+            assert_eq!(key, "history.flush_max_mib");
+            assert!(message.contains("between 1 and 1024"), "{message}");
+        }
+        settings.flush_max_mib = 1024;
+        settings.validate().expect("1024 MiB is allowed");
     }
 
     #[tokio::test]

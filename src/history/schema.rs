@@ -121,6 +121,108 @@ pub struct EventRow {
     pub flags: Vec<Flag>,
 }
 
+/// Bytes a row of fixed-width text columns (product, category, outcome…) adds at most.
+const FIXED_TEXT_BYTES: usize = 96;
+
+impl EventRow {
+    /// Bytes of text this row adds to an `events` batch (`raw_data` counted when kept).
+    /// Arrow string columns have 32-bit offsets: one column of one batch holds at
+    /// most 2 GiB, so the writer cuts its files by this count, not only by rows.
+    pub fn text_bytes(&self, raw_data: bool) -> usize {
+        let e = &self.event;
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let identity = e.identity.as_ref().map_or(0, |i| {
+            i.key.len() + i.app_id.as_ref().map_or(0, String::len)
+        });
+        let origin = match &e.origin {
+            Some(Origin::Kafka { topic, .. }) => topic.len(),
+            Some(Origin::File { path, .. }) => path.len(),
+            None => 0,
+        };
+        let flags: usize = self
+            .flags
+            .iter()
+            .map(|f| f.detector.len() + f.alert_id.len())
+            .sum();
+        let raw = if raw_data {
+            e.raw_data.as_ref().map_or(0, |r| r.len())
+        } else {
+            0
+        };
+        FIXED_TEXT_BYTES
+            + e.activity.len()
+            + identity
+            + e.actor.raw.len()
+            + [
+                &e.token_id,
+                &e.issued_token_id,
+                &e.session_id,
+                &e.src_ip,
+                &e.src_country,
+                &e.src_region,
+                &e.cloud_region,
+                &e.cloud_account,
+                &e.dst_host,
+                &e.resource,
+                &e.target_principal,
+                &e.http_method,
+                &e.status_code,
+                &e.vendor_event_id,
+            ]
+            .into_iter()
+            .map(opt)
+            .sum::<usize>()
+            + e.resources.iter().map(String::len).sum::<usize>()
+            + origin
+            + flags
+            + raw
+    }
+}
+
+/// Counts the bytes written through it (the length of a JSON form, without building it).
+#[derive(Default)]
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn json_len(value: &impl serde::Serialize) -> usize {
+    let mut counter = Counter::default();
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// Bytes of text an alert adds to an `alerts` batch (see [`EventRow::text_bytes`]).
+pub fn alert_text_bytes(a: &Alert) -> usize {
+    let app = a.app.as_ref().map_or(0, |app| {
+        app.id.len() + app.name.len() + app.owner.len() + app.risk_tier.as_str().len()
+    });
+    let actions = if a.actions.is_empty() {
+        0
+    } else {
+        json_len(&a.actions)
+    };
+    FIXED_TEXT_BYTES
+        + a.id.len()
+        + a.detector.len()
+        + a.kind.len()
+        + a.identity.len()
+        + app
+        + a.summary.len()
+        + a.sql.len()
+        + json_len(&a.evidence)
+        + a.group.as_ref().map_or(0, |g| g.id.len())
+        + actions
+}
+
 fn outcome(o: Outcome) -> &'static str {
     match o {
         Outcome::Success => "success",

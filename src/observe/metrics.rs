@@ -1,7 +1,7 @@
 //! Prometheus text exposition (format 0.0.4) of the daemon's counters.
 //!
 //! Labels are fixed and low-cardinality: topic, format, product, category,
-//! reason, detector, severity, risk tier, sink. Never an identity.
+//! reason, detector, severity, risk tier, sink, output, action. Never an identity.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +22,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("appwarden_events_by_identity_total", "counter"),
     ("appwarden_decode_errors_total", "counter"),
     ("appwarden_dead_letters_total", "counter"),
+    ("appwarden_oversized_outputs_total", "counter"),
     ("appwarden_kafka_assigned_partitions", "gauge"),
     ("appwarden_kafka_brokers_up", "gauge"),
     ("appwarden_kafka_batches_committed_total", "counter"),
@@ -196,6 +197,17 @@ pub fn render(observed: &Observed) -> String {
         "reason",
         s.dead_letters_by_reason.iter().map(|(k, v)| (*k, *v)),
     );
+    x.family(
+        "appwarden_oversized_outputs_total",
+        "Outputs too large for their Kafka topic, by output and what was done (truncated, dead_lettered, dropped, key_hashed).",
+    );
+    for ((output, action), count) in &s.oversized_outputs {
+        x.sample(
+            "appwarden_oversized_outputs_total",
+            &[("output", output), ("action", action)],
+            *count as f64,
+        );
+    }
 
     let progress = &observed.source;
     x.one(

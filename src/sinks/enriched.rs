@@ -5,7 +5,9 @@
 //! (Authentication 3002, HTTP Activity 4002, API Activity 6003); the registry
 //! data of the app is an OCSF `enrichments` entry; what OCSF has no name for
 //! (our category, the identity resolution, detector findings, Kafka
-//! coordinates) is under `unmapped.appwarden`; the vendor record is `raw_data`.
+//! coordinates) is under `unmapped.appwarden`; the vendor record is `raw_data`
+//! (cut to a prefix, with `raw_data_truncated` and `raw_data_bytes`, when the
+//! whole would not fit the topic: see [`super::fit`]).
 //! Fields are borrowed from the event, so serializing allocates nothing but the output.
 
 use serde::Serialize;
@@ -57,6 +59,13 @@ pub struct EnrichedEvent<'a> {
     unmapped: Unmapped<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw_data: Option<&'a str>,
+    /// Set when `raw_data` is only a prefix of the vendor record: the whole event
+    /// would not fit the topic (the record stays whole at its Kafka coordinates).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    raw_data_truncated: bool,
+    /// The length in bytes of the whole vendor record, when `raw_data` is cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_data_bytes: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -430,7 +439,23 @@ impl<'a> EnrichedEvent<'a> {
                 },
             },
             raw_data: event.raw_data.as_deref(),
+            raw_data_truncated: false,
+            raw_data_bytes: None,
         }
+    }
+
+    /// The vendor record as the record holds it now.
+    pub fn raw_data(&self) -> Option<&'a str> {
+        self.raw_data
+    }
+
+    /// Keeps only `prefix` of the vendor record, marked as cut, with the whole length.
+    pub fn cut_raw_data(&mut self, prefix: &'a str) {
+        if !self.raw_data_truncated {
+            self.raw_data_bytes = self.raw_data.map(str::len);
+        }
+        self.raw_data = Some(prefix);
+        self.raw_data_truncated = true;
     }
 
     /// The Kafka key: the identity key, so one identity's events stay in order on one partition.

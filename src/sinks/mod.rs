@@ -9,9 +9,11 @@
 //! [`PendingFlush::written`]) before they store the offsets of its rows.
 
 pub mod enriched;
+pub mod fit;
 pub mod kafka;
 pub mod ndjson;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
@@ -24,12 +26,15 @@ use crate::event::NormalizedEvent;
 use crate::history::{FlushReport, HistoryError, HistoryWriter, PendingFlush};
 use crate::identity::Registry;
 use crate::pipeline::DeadLetter;
+use crate::telemetry::{EVENT_TOO_LARGE, RateLimitedLog, Stats};
 pub use enriched::EnrichedEvent;
 pub use kafka::KafkaTopicWriter;
 pub use ndjson::NdjsonWriter;
 
-/// A sink failure. All are worth retrying from the last stored offset, which a
-/// restart does: the source stops without storing the batch's offsets.
+/// A sink failure. All but `TooLarge` are worth retrying from the last stored
+/// offset, which a restart does: the source stops without storing the batch's
+/// offsets. `TooLarge` is a record that was not fitted to its topic first (a bug:
+/// see [`fit`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("writing {target}: {source}")]
@@ -39,6 +44,15 @@ pub enum SinkError {
     },
     #[error("producing to Kafka topic {topic}: {source}")]
     Kafka { topic: String, source: KafkaError },
+    /// A record over the topic's message size, refused before it was produced.
+    #[error(
+        "producing to Kafka topic {topic}: a record of {bytes} bytes is over the {limit} bytes it can hold"
+    )]
+    TooLarge {
+        topic: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error(transparent)]
     History(#[from] HistoryError),
 }
@@ -76,7 +90,6 @@ impl Unconfirmed {
 }
 
 /// The configured outputs for events and dead letters.
-#[derive(Default)]
 pub struct Outputs {
     pub events_topic: Option<KafkaTopicWriter>,
     pub events_file: Option<NdjsonWriter>,
@@ -89,9 +102,56 @@ pub struct Outputs {
     pending_alerts: Vec<DeliveryFuture>,
     pending_dead_letters: Vec<DeliveryFuture>,
     buffer: Vec<u8>,
+    /// Counts outputs fitted to their topic, and the dead letters of those that cannot fit.
+    stats: Arc<Stats>,
+    /// `dead_letter.max_payload_bytes`, for the dead letter of an event that cannot fit.
+    max_dead_letter_payload: usize,
+    warn: RateLimitedLog,
+}
+
+impl Default for Outputs {
+    fn default() -> Self {
+        Outputs::new(Arc::default(), 256 * 1024)
+    }
 }
 
 impl Outputs {
+    /// No outputs yet; `stats` counts what had to be fitted to a topic, and the
+    /// dead letter of an event that cannot fit keeps `max_dead_letter_payload` bytes of its record.
+    pub fn new(stats: Arc<Stats>, max_dead_letter_payload: usize) -> Self {
+        Outputs {
+            events_topic: None,
+            events_file: None,
+            dead_letter_topic: None,
+            dead_letter_file: None,
+            alerts_topic: None,
+            alerts_file: None,
+            history: None,
+            pending_events: Vec::new(),
+            pending_alerts: Vec::new(),
+            pending_dead_letters: Vec::new(),
+            buffer: Vec::new(),
+            stats,
+            max_dead_letter_payload,
+            warn: RateLimitedLog::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// Counts (and logs, rate-limited) an output fitted to its topic.
+    fn oversized(&self, output: &'static str, action: &'static str, topic: &str, bytes: usize) {
+        self.stats.oversized_output(output, action);
+        if let Some(suppressed) = self.warn.admit(action) {
+            tracing::warn!(
+                output,
+                action,
+                topic,
+                bytes,
+                suppressed_since_last = suppressed,
+                "output too large for its Kafka topic"
+            );
+        }
+    }
+
     /// Whether dead letters have somewhere to go (they must never be dropped).
     pub fn has_dead_letter_sink(&self) -> bool {
         self.dead_letter_topic.is_some() || self.dead_letter_file.is_some()
@@ -123,16 +183,44 @@ impl Outputs {
                     .and_then(|i| i.app_id.as_deref())
                     .and_then(|id| registry.app(id))
                     .map(|a| a.as_ref());
-                let record = EnrichedEvent::new(event, app, &own);
+                let mut record = EnrichedEvent::new(event, app, &own);
                 if let Some(file) = &mut self.events_file {
                     file.write(&record)?;
                 }
+                let mut too_large = None;
                 if let Some(topic) = &self.events_topic {
+                    let json = |e| SinkError::io(topic.topic(), std::io::Error::other(e));
+                    let key = fit::key(EnrichedEvent::key(event));
+                    if matches!(key, Cow::Owned(_)) {
+                        self.oversized("events", "key_hashed", topic.topic(), key.len());
+                    }
                     self.buffer.clear();
-                    serde_json::to_writer(&mut self.buffer, &record)
-                        .map_err(|e| SinkError::io(topic.topic(), std::io::Error::other(e)))?;
-                    let delivery = topic.send(EnrichedEvent::key(event), &self.buffer).await?;
-                    self.pending_events.push(delivery);
+                    serde_json::to_writer(&mut self.buffer, &record).map_err(json)?;
+                    let whole = self.buffer.len();
+                    let limit = topic.max_payload(&key);
+                    match fit::enriched(&mut record, &mut self.buffer, limit).map_err(json)? {
+                        fit::Fitted::Whole => {}
+                        fit::Fitted::Cut => {
+                            self.oversized("events", "truncated", topic.topic(), whole);
+                        }
+                        fit::Fitted::TooLarge => {
+                            self.oversized("events", "dead_lettered", topic.topic(), whole);
+                            too_large = Some(format!(
+                                "the enriched event is {whole} bytes, over the {limit} bytes \
+                                 topic {} holds, even with its raw_data cut",
+                                topic.topic()
+                            ));
+                        }
+                    }
+                    if too_large.is_none() {
+                        let delivery = topic.send(&key, &self.buffer).await?;
+                        self.pending_events.push(delivery);
+                    }
+                }
+                if let Some(error) = too_large {
+                    let letter = self.too_large_letter(event, error);
+                    self.stats.dead_letter(EVENT_TOO_LARGE);
+                    self.dead_letter(&letter).await?;
                 }
             }
         }
@@ -200,13 +288,50 @@ impl Outputs {
             history.alerts(std::slice::from_ref(alert))?;
         }
         if let Some(topic) = &self.alerts_topic {
+            let json = |e| SinkError::io(topic.topic(), std::io::Error::other(e));
+            let key = fit::key(&alert.identity);
+            if matches!(key, Cow::Owned(_)) {
+                self.oversized("alerts", "key_hashed", topic.topic(), key.len());
+            }
             self.buffer.clear();
-            serde_json::to_writer(&mut self.buffer, alert)
-                .map_err(|e| SinkError::io(topic.topic(), std::io::Error::other(e)))?;
-            let delivery = topic.send(&alert.identity, &self.buffer).await?;
+            serde_json::to_writer(&mut self.buffer, alert).map_err(json)?;
+            let whole = self.buffer.len();
+            match fit::object(&mut self.buffer, topic.max_payload(&key)).map_err(json)? {
+                fit::Fitted::Whole => {}
+                fit::Fitted::Cut => self.oversized("alerts", "truncated", topic.topic(), whole),
+                fit::Fitted::TooLarge => {
+                    // The alert still reaches the outbox, its file and the history.
+                    self.oversized("alerts", "dropped", topic.topic(), whole);
+                    return Ok(());
+                }
+            }
+            let delivery = topic.send(&key, &self.buffer).await?;
             self.pending_alerts.push(delivery);
         }
         Ok(())
+    }
+
+    /// The dead letter of an event too large for the enriched topic: its vendor
+    /// record (a prefix and hash if long), at the coordinates it came from.
+    fn too_large_letter(&self, event: &NormalizedEvent, error: String) -> DeadLetter {
+        let format = crate::decode::Format::ALL
+            .into_iter()
+            .find(|f| f.product() == Some(event.product))
+            .unwrap_or(crate::decode::Format::Auto);
+        // Every event from a source has its origin; the fallback only names none.
+        let origin = event.origin.clone().unwrap_or(crate::event::Origin::File {
+            path: String::new(),
+            line: 0,
+        });
+        let record = event.raw_data.as_deref().unwrap_or_default();
+        DeadLetter::with_reason(
+            EVENT_TOO_LARGE,
+            error,
+            format,
+            origin,
+            record.as_bytes(),
+            self.max_dead_letter_payload,
+        )
     }
 
     /// Makes everything written so far durable.

@@ -200,6 +200,8 @@ pub(crate) async fn produce(
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
+        // Records up to the daemon's default input limit (1 MiB) and past it.
+        .set("message.max.bytes", "4194304")
         .create()
         .expect("producer");
     let mut deliveries = Vec::with_capacity(records.len());
@@ -762,5 +764,109 @@ async fn run_starts_from_baselines_learned_by_a_replay_of_past_exports() {
         summary,
         [format!("\"new_egress_domain\" \"app:{}\"", app.id)],
         "the daemon knows the apps' domains from the replay: only the new one alerts"
+    );
+}
+
+/// A record within `input.max_record_bytes` can still make outputs over the topics'
+/// message size: JSON writes each control byte as `\u0001`, six bytes. Such a record
+/// must never stop ingestion (the restart would read it again and stop again): the
+/// enriched event keeps a marked prefix of its `raw_data`, an event that still does
+/// not fit is dead-lettered, an alert has its longest strings cut, and a long
+/// identity is keyed by its hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_at_the_input_limit_whose_escaping_outgrows_the_topics_do_not_stop_ingestion() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let mut h = harness(&brokers, &cluster);
+    h.settings.alerts.topic = h.topic_names["alerts"].clone();
+    let max = h.settings.input.max_record_bytes;
+    let squid = h.topic_names["squid"].clone();
+    // Control bytes in a field Squid's decoder ignores: only raw_data grows.
+    let mut raw_heavy = b"1700000000.123 12 10.9.9.9 TCP_MISS/200 100 GET http://example.com/ - HIER_DIRECT/1.2.3.4 "
+        .to_vec();
+    raw_heavy.resize(max - 16, 0x01);
+    // Control bytes in the user: the actor, its identity and the alert grow too.
+    let mut user_heavy =
+        b"1700000001.000 12 10.9.9.8 TCP_MISS/200 100 GET http://example.com/ ".to_vec();
+    user_heavy.extend(std::iter::repeat_n(0x01, 200_000));
+    user_heavy.extend_from_slice(b" HIER_DIRECT/1.2.3.4 -");
+    let plain = b"1700000002.000 12 10.9.9.7 TCP_MISS/200 100 GET http://example.com/ok alice HIER_DIRECT/1.2.3.4 -".to_vec();
+    let records = vec![
+        (squid.clone(), raw_heavy.clone()),
+        (squid.clone(), user_heavy),
+        (squid.clone(), plain),
+    ];
+    produce(&brokers, &records).await;
+
+    // Before the fix the daemon stopped here with MessageSizeTooLarge.
+    let stats = run_daemon_until(&h.settings, records.len() as u64).await;
+    let committed = committed(&h.settings, &squid, 2);
+    assert_eq!(
+        committed,
+        high_watermarks(&h.settings, &squid, 2),
+        "every input offset committed"
+    );
+
+    let events: Vec<(String, serde_json::Value)> =
+        read_topic(&h.settings, &h.topic_names["events"], 2, 2);
+    assert_eq!(events.len(), 2, "the cut event and the plain one");
+    let cut = events
+        .iter()
+        .map(|(_, e)| e)
+        .find(|e| e["raw_data_truncated"] == true)
+        .expect("an event with its raw_data cut");
+    assert_eq!(cut["raw_data_bytes"], raw_heavy.len());
+    let kept = cut["raw_data"].as_str().expect("raw_data kept");
+    assert!(!kept.is_empty() && raw_heavy.starts_with(kept.as_bytes()));
+    let plain_event = events
+        .iter()
+        .map(|(_, e)| e)
+        .find(|e| e["raw_data_truncated"].is_null())
+        .expect("the plain event, whole");
+    assert!(plain_event["raw_data_bytes"].is_null());
+
+    let dead: Vec<(String, serde_json::Value)> =
+        read_topic(&h.settings, &h.topic_names["dead"], 1, 1);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].1["reason"], "event_too_large");
+    assert_eq!(
+        dead[0].1["origin"]["topic"],
+        squid.as_str(),
+        "{}",
+        dead[0].1["origin"]
+    );
+
+    let alerts: Vec<(String, serde_json::Value)> =
+        read_topic(&h.settings, &h.topic_names["alerts"], 1, 2);
+    let huge = alerts
+        .iter()
+        .find(|(key, _)| key.starts_with("sha256:"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the long identity's alert, keyed by hash: {:?}",
+                alerts.iter().map(|(k, _)| k).collect::<Vec<_>>()
+            )
+        });
+    let fields = huge.1["truncated_fields"].as_array().expect("marked");
+    assert!(
+        fields.contains(&serde_json::json!("/identity")),
+        "{fields:?}"
+    );
+
+    let s = stats.snapshot();
+    let count = |output, action| {
+        s.oversized_outputs
+            .iter()
+            .find(|(pair, _)| *pair == (output, action))
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(count("events", "truncated"), 1);
+    assert_eq!(count("events", "dead_lettered"), 1);
+    assert_eq!(count("events", "key_hashed"), 1);
+    assert!(count("alerts", "truncated") >= 1);
+    assert!(count("alerts", "key_hashed") >= 1);
+    assert_eq!(
+        appwarden::telemetry::StatsSnapshot::get(&s.dead_letters_by_reason, "event_too_large"),
+        1
     );
 }
