@@ -25,6 +25,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::layout::{Field, Values};
 use super::{DecodeError, Format, epoch_time_int};
 use crate::event::{
     Category, NormalizedEvent, Outcome, PrincipalKind, Product, split_host_port, url_host_port,
@@ -72,6 +73,21 @@ fn url_path(url: &str) -> Option<&str> {
     rest.get(start..)?.split(['?', '#']).next()
 }
 
+/// The values of one access-log line that the event is built from.
+struct Line<'a> {
+    time: DateTime<Utc>,
+    client: Option<&'a str>,
+    /// Squid result code (`TCP_MISS`, `TCP_DENIED`); empty when the layout has none.
+    code: &'a str,
+    status: Option<u16>,
+    bytes: Option<&'a str>,
+    method: &'a str,
+    url: Option<&'a str>,
+    user: Option<&'a str>,
+    /// First address of `X-Forwarded-For`, from custom layouts.
+    forwarded_for: Option<&'a str>,
+}
+
 fn decode_line(line: &str) -> Result<NormalizedEvent, DecodeError> {
     let mut fields = line.split_ascii_whitespace();
     let (
@@ -103,20 +119,100 @@ fn decode_line(line: &str) -> Result<NormalizedEvent, DecodeError> {
     let status: u16 = status
         .parse()
         .map_err(|_| shape("status in code/status is not a number"))?;
+    Ok(event(&Line {
+        time,
+        client: Some(client),
+        code,
+        status: Some(status),
+        bytes: Some(bytes),
+        method,
+        url: Some(url),
+        user,
+        forwarded_for: None,
+    }))
+}
 
-    let mut event = NormalizedEvent::new(time, Product::Squid, Category::EgressRequest, method);
+/// Builds the event of a line in a configured layout (`logformat`), with the
+/// same mapping as a native line. `%ts[.%tu]`, `%tl` or `%tg` gives the time;
+/// `X-Forwarded-For` (`%{X-Forwarded-For}>h`) adds the original client as a
+/// second source-IP form.
+pub(super) fn from_values(values: &Values<'_>) -> Result<NormalizedEvent, DecodeError> {
+    let time = match (values.get(Field::EpochSeconds), values.get(Field::ClfTime)) {
+        (Some(seconds), _) => match values.get(Field::Millis) {
+            Some(millis) => line_time(&format!("{seconds}.{millis:0>3}"))?,
+            None => line_time(seconds)?,
+        },
+        (None, Some(text)) => clf_time(text, values.time_pattern)?,
+        (None, None) => {
+            return Err(DecodeError::BadTime {
+                format: FORMAT,
+                detail: "the line has no time value".into(),
+            });
+        }
+    };
+    let status = match values.get(Field::Status) {
+        Some(s) => Some(
+            s.parse::<u16>()
+                .map_err(|_| shape("HTTP status is not a number"))?,
+        ),
+        None => None,
+    };
+    Ok(event(&Line {
+        time,
+        client: values.get(Field::Client),
+        code: values.get(Field::SquidCode).unwrap_or(""),
+        status,
+        bytes: values.get(Field::BytesOut),
+        method: values.get(Field::Method).unwrap_or("-"),
+        url: values.get(Field::Url),
+        user: values.get(Field::User),
+        forwarded_for: values
+            .get(Field::ForwardedFor)
+            .and_then(|xff| xff.split(',').next())
+            .map(str::trim)
+            .filter(|ip| !ip.is_empty() && *ip != "-"),
+    }))
+}
+
+/// `%tl` / `%tg` time: `02/Mar/2026:09:15:27 +0000` unless the layout gave a pattern.
+fn clf_time(text: &str, pattern: Option<&str>) -> Result<DateTime<Utc>, DecodeError> {
+    let pattern = pattern.unwrap_or("%d/%b/%Y:%H:%M:%S %z");
+    if let Ok(t) = DateTime::parse_from_str(text, pattern) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    // A pattern without a zone (`%tg` is GMT).
+    chrono::NaiveDateTime::parse_from_str(text, pattern)
+        .map(|t| t.and_utc())
+        .map_err(|_| DecodeError::BadTime {
+            format: FORMAT,
+            detail: format!("`{}` does not match `{pattern}`", super::truncate(text, 64)),
+        })
+}
+
+fn event(line: &Line<'_>) -> NormalizedEvent {
+    let method = line.method;
+    let mut event =
+        NormalizedEvent::new(line.time, Product::Squid, Category::EgressRequest, method);
     if method != "NONE" && method != "-" {
         event.http_method = Some(method.to_string());
     }
-    if let Some(user) = user {
+    if let Some(user) = line.user {
         event.actor.push(PrincipalKind::GatewayConsumer, user);
     }
-    event.actor.push(PrincipalKind::SourceIp, client);
-    if client != "-" {
-        event.src_ip = Some(client.to_string());
+    if let Some(client) = line.client {
+        event.actor.push(PrincipalKind::SourceIp, client);
+        if client != "-" {
+            event.src_ip = Some(client.to_string());
+        }
+    }
+    if let Some(ip) = line.forwarded_for {
+        event.actor.push(PrincipalKind::SourceIp, ip);
+        if event.src_ip.is_none() {
+            event.src_ip = Some(ip.to_string());
+        }
     }
 
-    if !url.starts_with("error:") && url != "-" {
+    if let Some(url) = line.url.filter(|u| !u.starts_with("error:") && *u != "-") {
         if method.eq_ignore_ascii_case("CONNECT") {
             let (host, port) = split_host_port(url);
             event.dst_host = Some(host);
@@ -130,14 +226,16 @@ fn decode_line(line: &str) -> Result<NormalizedEvent, DecodeError> {
         }
     }
 
-    event.status_code = Some(status.to_string());
-    event.outcome = if status == 0 || status >= 400 || code.contains("DENIED") {
-        Outcome::Failure
-    } else {
-        Outcome::Success
+    event.status_code = line.status.map(|s| s.to_string());
+    let denied = line.code.contains("DENIED");
+    event.outcome = match line.status {
+        Some(status) if status == 0 || status >= 400 || denied => Outcome::Failure,
+        Some(_) => Outcome::Success,
+        None if denied => Outcome::Failure,
+        None => Outcome::Unknown,
     };
-    event.bytes_out = bytes.parse().ok();
-    Ok(event)
+    event.bytes_out = line.bytes.and_then(|b| b.parse().ok());
+    event
 }
 
 /// Decodes Squid native access-log text: one event per non-blank line.

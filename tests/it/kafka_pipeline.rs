@@ -137,6 +137,7 @@ pub(crate) fn harness(
         name: topic_names[suffix].clone(),
         format,
         mapping: None,
+        layout: None,
     };
     let mut generic = topic("generic", Format::Generic);
     generic.mapping = Some(FieldMapping {
