@@ -337,13 +337,16 @@ fn match_literal<'a>(line: &'a str, literal: &str) -> Option<&'a str> {
     Some(rest)
 }
 
-/// A value that runs to `stop` (or to a blank when `stop` is a space or absent).
+/// A value that runs to `stop`, or to a blank when `stop` is a space or absent.
+/// Only a closing quote or bracket lets a value hold blanks (`"%{User-Agent}>h"`,
+/// `[%tl]`); elsewhere a blank ends it, and the layout's text must follow.
 fn read_until(line: &str, stop: Option<char>) -> (Cow<'_, str>, &str) {
     // Squid pads numbers on the left (`%6tr`).
     let line = line.trim_start_matches([' ', '\t']);
     let end = match stop {
+        Some(c @ ('"' | ']' | '\'' | ')')) => line.find(c),
         Some(' ') | None => line.find([' ', '\t']),
-        Some(c) => line.find(c),
+        Some(c) => line.find([c, ' ', '\t']),
     }
     .unwrap_or(line.len());
     (Cow::Borrowed(&line[..end]), &line[end..])

@@ -461,6 +461,77 @@ mod tests {
         );
     }
 
+    fn with_layout(layout: &str, payload: &[u8]) -> Result<Vec<NormalizedEvent>, DecodeError> {
+        let layout = super::super::Layout::parse(layout).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        super::super::layout::decode(&layout, payload, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn native_layout_reads_the_fixture_as_the_native_decoder() {
+        for (line, native) in FIXTURE.events() {
+            let laid_out = with_layout("squid", line.as_bytes()).unwrap();
+            assert_eq!(laid_out, [native], "{line}");
+        }
+    }
+
+    #[test]
+    fn common_and_custom_logformats() {
+        let common = with_layout(
+            "common",
+            b"10.1.2.3 - svc-ci [02/Mar/2026:10:15:27 +0100] \"CONNECT api.github.com:443 HTTP/1.1\" 200 5120 TCP_TUNNEL:HIER_DIRECT",
+        )
+        .unwrap();
+        let e = &common[0];
+        assert_eq!(e.time.to_rfc3339(), "2026-03-02T09:15:27+00:00");
+        assert_eq!(e.dst_host.as_deref(), Some("api.github.com"));
+        assert_eq!(e.dst_port, Some(443));
+        assert_eq!(e.actor.raw, "svc-ci");
+        assert_eq!(e.status_code.as_deref(), Some("200"));
+        assert_eq!(e.bytes_out, Some(5120));
+
+        let custom = with_layout(
+            "%ts.%03tu %>a %Ss/%03>Hs %<st %rm %ru \"%{X-Forwarded-For}>h\"",
+            b"1772442941.560 10.1.2.44 TCP_DENIED/403 3974 GET http://pastebin.com/raw/x \"203.0.113.9, 10.0.0.1\"",
+        )
+        .unwrap();
+        let e = &custom[0];
+        assert_eq!(e.outcome, Outcome::Failure);
+        assert_eq!(e.src_ip.as_deref(), Some("10.1.2.44"));
+        assert_eq!(e.actor.refs[1].value, "203.0.113.9");
+        assert_eq!(e.resource.as_deref(), Some("/raw/x"));
+    }
+
+    #[test]
+    fn lines_off_their_layout_are_refused() {
+        let layout = "%ts.%03tu %>a %Ss/%03>Hs %<st %rm %ru";
+        for (line, reason) in [
+            (
+                &b"1772442941.560 10.1.2.44 TCP_DENIED 3974 GET http://a/"[..],
+                "wrong_shape",
+            ),
+            (
+                b"1772442941.560 10.1.2.44 TCP_DENIED/abc 3974 GET http://a/",
+                "wrong_shape",
+            ),
+            (
+                b"yesterday.560 10.1.2.44 TCP_DENIED/403 3974 GET http://a/",
+                "bad_time",
+            ),
+            (b"\xff 10.1.2.44", "not_utf8"),
+            (b"  \n", "empty"),
+        ] {
+            let err = with_layout(layout, line).unwrap_err();
+            assert_eq!(err.reason(), reason, "{}", String::from_utf8_lossy(line));
+        }
+        let err = with_layout(
+            "common",
+            b"10.1.2.3 - - [yesterday] \"GET http://a/ HTTP/1.1\" 200 1 X:Y",
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "bad_time");
+    }
+
     #[test]
     fn huge_url_does_not_panic() {
         let mut line =
