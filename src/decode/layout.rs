@@ -692,28 +692,14 @@ pub fn decode(
     out: &mut Vec<NormalizedEvent>,
 ) -> Result<(), DecodeError> {
     let format = layout.family.format();
-    let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
-    let start = out.len();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let result = unwrap_line(line, format).and_then(|line| {
-            let values = layout.split(&line)?;
-            match layout.family {
-                Family::Squid => squid::from_values(&values),
-                Family::Envoy => envoy_text::from_values(values),
-            }
-        });
-        match result {
-            Ok(event) => out.push(event),
-            Err(e) => {
-                out.truncate(start);
-                return Err(e);
-            }
+    super::each_line(payload, out, |line| {
+        let line = unwrap_line(line, format)?;
+        let values = layout.split(&line)?;
+        match layout.family {
+            Family::Squid => squid::from_values(&values),
+            Family::Envoy => envoy_text::from_values(values),
         }
-    }
-    if out.len() == start {
-        return Err(DecodeError::Empty);
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

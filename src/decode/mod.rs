@@ -251,6 +251,30 @@ pub fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// Decodes text with one record per non-blank line: one event per line; one bad
+/// line fails the whole payload and leaves nothing behind.
+pub(crate) fn each_line(
+    payload: &[u8],
+    out: &mut Vec<NormalizedEvent>,
+    mut decode_line: impl FnMut(&str) -> Result<NormalizedEvent, DecodeError>,
+) -> Result<(), DecodeError> {
+    let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
+    let start = out.len();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match decode_line(line) {
+            Ok(event) => out.push(event),
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    if out.len() == start {
+        return Err(DecodeError::Empty);
+    }
+    Ok(())
+}
+
 /// Per-topic decoding settings.
 #[derive(Debug, Clone, Default)]
 pub struct DecodeOptions {

@@ -240,21 +240,7 @@ fn event(line: &Line<'_>) -> NormalizedEvent {
 
 /// Decodes Squid native access-log text: one event per non-blank line.
 pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), DecodeError> {
-    let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
-    let start = out.len();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        match decode_line(line) {
-            Ok(event) => out.push(event),
-            Err(e) => {
-                out.truncate(start);
-                return Err(e);
-            }
-        }
-    }
-    if out.len() == start {
-        return Err(DecodeError::Empty);
-    }
-    Ok(())
+    super::each_line(payload, out, decode_line)
 }
 
 #[cfg(test)]
