@@ -13,10 +13,10 @@ use appwarden::daemon::{Daemon, build_outputs};
 use appwarden::decode::{DecodeOptions, Format, Layout};
 use appwarden::demo::{self, DemoOptions};
 use appwarden::detect::Engine;
-use appwarden::identity::RegistryReloader;
+use appwarden::identity::{Registry, RegistryHandle, RegistryReloader};
 use appwarden::pipeline::Pipeline;
 use appwarden::query::{OutputFormat, QueryEngine, write_answer};
-use appwarden::settings::{LogFormat, Settings};
+use appwarden::settings::{LogFormat, Settings, SettingsSources, ValueOrigin};
 use appwarden::sinks::NdjsonWriter;
 use appwarden::source::file;
 use appwarden::telemetry::Stats;
@@ -25,7 +25,13 @@ use appwarden::telemetry::Stats;
 /// agents) in SSO, API-gateway and secrets-manager logs read from Kafka, and
 /// ties every event to the registered app behind it.
 #[derive(Parser)]
-#[command(name = "appwarden", version, about, long_about = None)]
+#[command(
+    name = "appwarden",
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  appwarden demo                                  # generated traffic on an embedded Kafka, with a report\n  appwarden replay okta.ndjson cloudtrail.json.gz # alerts of past exports, as NDJSON on stdout\n  appwarden run --config /etc/appwarden.toml      # the daemon on your Kafka\n  appwarden check-config --config /etc/appwarden.toml\n  appwarden query \"SELECT app_id, count(*) FROM alerts GROUP BY app_id\"\n\nSettings: built-in defaults < --config FILE < APPWARDEN__SECTION__KEY variables."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,9 +39,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon: consume the configured Kafka topics, decode, resolve identities,
-    /// write normalized events and dead letters. Stops cleanly on SIGINT/SIGTERM;
-    /// SIGHUP reloads the registry.
+    /// Run the daemon on the configured Kafka topics: detect, alert, write events and history.
+    ///
+    /// Consumes the input topics, decodes, resolves identities, runs the detectors,
+    /// delivers alerts and writes enriched events, dead letters and history. Stops
+    /// cleanly on SIGINT/SIGTERM; SIGHUP reloads the registry.
+    #[command(
+        after_help = "Example:\n  APPWARDEN__KAFKA__BROKERS=kafka:9092 appwarden run --config /etc/appwarden.toml"
+    )]
     Run {
         /// User settings file (TOML) over the built-in defaults; APPWARDEN__SECTION__KEY variables override both.
         #[arg(long, short)]
@@ -46,9 +57,15 @@ enum Command {
     /// Inputs may be NDJSON, JSON arrays, CloudTrail files ({"Records":[...]}, also .gz)
     /// or Squid access logs; `-` reads standard input. The same input and settings
     /// always give the same alerts, byte for byte.
+    #[command(
+        after_help = "Example:\n  appwarden replay --alerts-out alerts.ndjson okta.ndjson cloudtrail.json.gz vault.ndjson access.log"
+    )]
     Replay(ReplayArgs),
-    /// Run the whole pipeline on an embedded Kafka (librdkafka's mock cluster) with
-    /// generated micro-app traffic and injected incidents, then print a summary.
+    /// Show AppWarden at work: generated traffic with incidents on an embedded Kafka, then a report.
+    ///
+    /// Runs the whole pipeline on an embedded Kafka (librdkafka's mock cluster) with
+    /// generated micro-app traffic and injected incidents, then prints a summary.
+    #[command(after_help = "Example:\n  appwarden demo --duration 60 --out /tmp/appwarden-demo")]
     Demo {
         /// Wall-clock seconds to run.
         #[arg(long, default_value_t = 30)]
@@ -77,10 +94,13 @@ enum Command {
     },
     /// Run one read-only SQL query over the Parquet history (tables `events` and `alerts`).
     ///
-    /// Example: appwarden query "SELECT source, count(*) FROM events WHERE day = '2026-11-24' GROUP BY source"
     /// Filters on the partition columns (`day`, `hour`, and `source` for events) skip
     /// whole folders. Only SELECT/WITH/VALUES run; anything that writes is refused.
+    #[command(
+        after_help = "Example:\n  appwarden query --history history \"SELECT source, count(*) FROM events WHERE day = '2026-11-24' GROUP BY source\""
+    )]
     Query {
+        /// User settings file (TOML) over the built-in defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// History root (folder or s3://bucket/prefix); default: history.path from the settings.
@@ -95,9 +115,14 @@ enum Command {
         /// The SQL query.
         sql: String,
     },
-    /// Print the effective settings (secrets shown only as references) and check
-    /// the registry; exit non-zero with the offending key on error.
+    /// Check the settings, registry, detectors and sinks; print each setting and where it came from.
+    ///
+    /// Prints the effective settings (secrets shown only as references), each key
+    /// followed by its origin (default, file or environment), and exits non-zero
+    /// with the offending key on error.
+    #[command(after_help = "Example:\n  appwarden check-config --config /etc/appwarden.toml")]
     CheckConfig {
+        /// User settings file (TOML) over the built-in defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -105,6 +130,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ReplayArgs {
+    /// User settings file (TOML) over the built-in defaults.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Record format of every input (auto recognises each record).
@@ -169,9 +195,23 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-fn load_settings(config: Option<&Path>) -> anyhow::Result<Settings> {
-    let (settings, _) = Settings::load(config)?;
-    Ok(settings)
+/// The settings, and the notes to log once logging is set up (a default detectors
+/// folder that is not here falls back to the built-in detectors).
+fn load_settings(
+    config: Option<&Path>,
+) -> anyhow::Result<(Settings, SettingsSources, Vec<String>)> {
+    let (mut settings, sources) = Settings::load(config)?;
+    let notes = settings
+        .fall_back_to_builtin_detectors(&sources)
+        .into_iter()
+        .collect();
+    Ok((settings, sources, notes))
+}
+
+fn log_notes(notes: &[String]) {
+    for note in notes {
+        tracing::info!("{note}");
+    }
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
@@ -203,8 +243,9 @@ fn cancel_on_signals(token: CancellationToken) {
 }
 
 async fn run(config: Option<&Path>) -> anyhow::Result<()> {
-    let settings = load_settings(config)?;
+    let (settings, _, notes) = load_settings(config)?;
     init_logging(settings.log.format, &settings.log.level);
+    log_notes(&notes);
     let stats = Arc::new(Stats::default());
     let daemon = Daemon::build(&settings, stats)?;
     let shutdown = CancellationToken::new();
@@ -226,13 +267,14 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             args.format
         );
     }
-    let mut settings = load_settings(args.config.as_deref())?;
+    let (mut settings, sources, notes) = load_settings(args.config.as_deref())?;
     settings.history.path = args.history.clone().unwrap_or_default();
     // The daemon's retention is by wall clock; a replay of old exports would delete
     // what it just wrote. A replay expires only when asked to.
     let daemon_retention_days = settings.history.retention_days;
     settings.history.retention_days = args.retention_days.unwrap_or(0);
     init_logging(settings.log.format, &settings.log.level);
+    log_notes(&notes);
     let dead_letters = match args.dead_letter_out.as_deref() {
         Some(path) => path.to_path_buf(),
         None if !settings.dead_letter.file.is_empty() => PathBuf::from(&settings.dead_letter.file),
@@ -242,7 +284,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     settings.output.events_file = String::new();
     settings.alerts.file = String::new();
     let mut engine = Engine::start(&settings.detect)?;
-    let (_reloader, registry) = RegistryReloader::start(&settings.registry.path)?;
+    let registry = replay_registry(&settings, &sources)?;
     let stats = Arc::new(Stats::default());
     let mut pipeline = Pipeline::new(
         settings.input.max_record_bytes,
@@ -298,6 +340,27 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The registry a replay resolves identities with. Run outside the repository with
+/// the default `registry.path` not there, a replay goes on with an empty registry
+/// (every service identity then counts as unregistered) and says so; a configured
+/// registry that is missing or broken stays an error.
+fn replay_registry(
+    settings: &Settings,
+    sources: &SettingsSources,
+) -> anyhow::Result<RegistryHandle> {
+    let path = &settings.registry.path;
+    if !path.exists() && sources.origin("registry.path") == ValueOrigin::Default {
+        tracing::warn!(
+            "registry.path: the default `{}` is not in the working directory; replaying with an empty registry, \
+             so every service identity counts as unregistered (set registry.path to your registry)",
+            path.display()
+        );
+        return Ok(RegistryHandle::new(Registry::default()));
+    }
+    let (_reloader, registry) = RegistryReloader::start(path)?;
+    Ok(registry)
+}
+
 /// After a `replay --history`: what was written, and how retention will treat it.
 fn print_history_aging(
     settings: &Settings,
@@ -349,7 +412,7 @@ async fn query(
     max_rows: Option<usize>,
     sql: &str,
 ) -> anyhow::Result<()> {
-    let mut settings = load_settings(config)?;
+    let (mut settings, _, _) = load_settings(config)?;
     init_logging(settings.log.format, "warn");
     if let Some(history) = history {
         settings.history.path = history;
@@ -372,9 +435,12 @@ async fn query(
 }
 
 fn check_config(config: Option<&Path>) -> anyhow::Result<()> {
-    let (settings, sources) = Settings::load(config)?;
-    println!("# effective settings from {sources}");
-    print!("{}", settings.to_toml());
+    let (settings, sources, notes) = load_settings(config)?;
+    println!("# effective settings from {sources}; after each key, where its value comes from");
+    print!("{}", sources.annotate(&settings.to_toml()));
+    for note in &notes {
+        println!("# {note}");
+    }
     for (key, secret) in &settings.kafka.secret_properties {
         match secret.resolve() {
             Ok(_) => println!("# kafka.secret_properties.\"{key}\": resolves ({secret:?})"),
@@ -399,7 +465,11 @@ fn check_config(config: Option<&Path>) -> anyhow::Result<()> {
     let names: Vec<&str> = engine.specs().iter().map(|s| s.name.as_str()).collect();
     println!(
         "# detectors from {}: {}",
-        settings.detect.detectors_dir.display(),
+        if settings.detect.detectors_dir.as_os_str().is_empty() {
+            "(built-in defaults)".to_string()
+        } else {
+            settings.detect.detectors_dir.display().to_string()
+        },
         names.join(", ")
     );
     println!(

@@ -39,7 +39,8 @@ pub enum StateError {
     Corrupt { path: String, message: String },
 }
 
-/// Writes a snapshot atomically: a temporary file in the same folder, synced, then renamed.
+/// Writes a snapshot atomically and durably: a temporary file in the same
+/// folder, synced, renamed, then the folder synced.
 pub fn write(path: &Path, snapshot: &Snapshot) -> Result<(), StateError> {
     let io = |source| StateError::Io {
         path: path.display().to_string(),
@@ -54,6 +55,14 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> Result<(), StateError> {
     file.write_all(&bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
+    // The rename survives a power loss once the folder is synced.
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(folder)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
     Ok(())
 }
 

@@ -104,6 +104,20 @@ pub struct EventRef {
 }
 
 impl EventRef {
+    /// Sample order: by time, then vendor id and activity, so that which samples
+    /// a bucket keeps does not depend on the order its events arrived in.
+    pub fn not_after(&self, other: &EventRef) -> bool {
+        (
+            self.time,
+            self.vendor_event_id.as_deref(),
+            self.activity.as_str(),
+        ) <= (
+            other.time,
+            other.vendor_event_id.as_deref(),
+            other.activity.as_str(),
+        )
+    }
+
     pub fn of(event: &NormalizedEvent) -> Self {
         EventRef {
             time: event.time,

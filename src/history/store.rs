@@ -2,11 +2,15 @@
 //!
 //! Both give readers whole files only: a local file is written under
 //! `.staging/`, synced, then renamed into its partition folder; an object
-//! store PUT is atomic by itself.
+//! store PUT is atomic by itself. Every folder a local write creates is
+//! synced into its parent, so a file renamed into a new partition folder is
+//! still there after a power loss; a temporary file a crash left in
+//! `.staging/` is removed the next time the root is opened.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use object_store::path::Path as ObjectPath;
@@ -80,6 +84,7 @@ impl Store {
         let path = path
             .canonicalize()
             .map_err(|e| HistoryError::io(&path, e))?;
+        remove_stale_staging(&path.join(".staging"), SystemTime::now());
         Ok(Store::Local(path))
     }
 
@@ -134,7 +139,7 @@ impl Store {
                     file.write_all(&bytes)?;
                     file.sync_all()?;
                     if let Some(parent) = target.parent() {
-                        std::fs::create_dir_all(parent)?;
+                        create_dir_all_durably(root, parent)?;
                     }
                     std::fs::rename(&temp, &target)?;
                     if let Some(parent) = target.parent() {
@@ -193,6 +198,56 @@ impl Store {
 pub type Runtime = tokio::runtime::Runtime;
 
 /// The end of the hour partition a path sits in (`…/day=2026-11-22/hour=13/…` → 14:00).
+/// A temporary file in `.staging/` older than this was left by a crash: a
+/// write renames its file away within seconds.
+const STALE_STAGING: Duration = Duration::from_secs(3600);
+
+/// Removes what a crashed writer left in `staging`; failures are only logged.
+fn remove_stale_staging(staging: &Path, now: SystemTime) {
+    let Ok(entries) = std::fs::read_dir(staging) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() > STALE_STAGING);
+        if stale && path.extension().is_some_and(|e| e == "tmp") {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a temporary history file a crash left")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale temporary history file")
+                }
+            }
+        }
+    }
+}
+
+/// `create_dir_all`, syncing each folder it creates into its parent, from
+/// `root` (which exists) down to `dir`.
+fn create_dir_all_durably(root: &Path, dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let relative = dir.strip_prefix(root).unwrap_or(dir);
+    let mut at = root.to_path_buf();
+    for part in relative.components() {
+        let parent = at.clone();
+        at.push(part);
+        if !at.is_dir() {
+            match std::fs::create_dir(&at) {
+                Ok(()) => std::fs::File::open(&parent)?.sync_all()?,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn partition_end(path: &str) -> Option<DateTime<Utc>> {
     let mut day = None;
     let mut hour = None;
@@ -259,6 +314,36 @@ mod tests {
             None
         );
         assert_eq!(partition_end("events/source=okta/x"), None);
+    }
+
+    #[test]
+    fn a_temporary_file_a_crash_left_is_removed_at_open_and_a_fresh_one_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let staging = dir.path().join(".staging");
+        std::fs::create_dir_all(&staging).expect("staging");
+        std::fs::write(staging.join("left.parquet.tmp"), b"half").expect("write");
+        remove_stale_staging(&staging, SystemTime::now());
+        assert!(
+            staging.join("left.parquet.tmp").exists(),
+            "a fresh one may be in use"
+        );
+        remove_stale_staging(&staging, SystemTime::now() + STALE_STAGING * 2);
+        assert!(
+            !staging.join("left.parquet.tmp").exists(),
+            "a stale one is removed"
+        );
+        std::fs::write(staging.join("other.tmp"), b"x").expect("write");
+        Store::open(dir.path().to_str().expect("utf-8"), &S3Options::default()).expect("open");
+        assert!(staging.join("other.tmp").exists());
+    }
+
+    #[test]
+    fn new_partition_folders_are_created_below_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("events/source=okta/day=2026-11-22/hour=12");
+        create_dir_all_durably(dir.path(), &deep).expect("create");
+        assert!(deep.is_dir());
+        create_dir_all_durably(dir.path(), &deep).expect("again");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Secrets never live in these layers: a setting that needs one holds a
 //! [`SecretRef`] naming an environment variable or a file.
 
+mod origin;
 mod secret;
 
 use std::collections::{BTreeMap, HashSet};
@@ -20,6 +21,7 @@ use crate::detect::EngineSettings;
 use crate::history::HistorySettings;
 use crate::observe::HttpSettings;
 use crate::query::QuerySettings;
+pub use origin::ValueOrigin;
 pub use secret::{SecretError, SecretRef};
 
 /// The defaults shipped with the binary; the same text as `config/appwarden.toml`.
@@ -282,11 +284,16 @@ pub enum SettingsError {
     },
 }
 
-/// Where the effective settings came from, for error messages.
+/// Where the effective settings came from: for error messages, for
+/// `check-config`'s per-key origins, and for defaults that fall back to the
+/// built-ins when their relative path is not there.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SettingsSources {
     pub user_file: Option<PathBuf>,
+    /// The `APPWARDEN__…` variables that were set, as given.
     pub env_keys: Vec<String>,
+    /// Dotted keys the user file sets (tables are walked; an array is one key).
+    pub file_keys: std::collections::BTreeSet<String>,
 }
 
 impl fmt::Display for SettingsSources {
@@ -323,9 +330,10 @@ impl Settings {
             .collect();
         let mut env_keys: Vec<String> = env.keys().cloned().collect();
         env_keys.sort();
-        let sources = SettingsSources {
+        let mut sources = SettingsSources {
             user_file: user_file.map(Path::to_path_buf),
             env_keys,
+            file_keys: Default::default(),
         };
 
         let mut builder =
@@ -337,6 +345,10 @@ impl Settings {
                     message: format!("config file {} does not exist", path.display()),
                 });
             }
+            sources.file_keys = origin::file_keys(path).map_err(|message| SettingsError::Load {
+                sources: sources.to_string(),
+                message,
+            })?;
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
         builder = builder.add_source(
@@ -556,6 +568,26 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// The binary run outside its repository finds no `detectors` folder: when
+    /// `detect.detectors_dir` is the default and that folder is not there, the
+    /// built-in detectors are used. Returns the note to log; an explicitly
+    /// configured folder that is missing stays an error (at engine start).
+    pub fn fall_back_to_builtin_detectors(&mut self, sources: &SettingsSources) -> Option<String> {
+        let dir = &self.detect.detectors_dir;
+        if dir.as_os_str().is_empty()
+            || sources.origin("detect.detectors_dir") != ValueOrigin::Default
+            || dir.exists()
+        {
+            return None;
+        }
+        let note = format!(
+            "detect.detectors_dir: the default folder `{}` is not in the working directory; using the built-in detectors",
+            dir.display()
+        );
+        self.detect.detectors_dir = PathBuf::new();
+        Some(note)
     }
 
     /// The effective settings as TOML. Secret references show where a secret

@@ -349,3 +349,105 @@ fn people_signing_in_are_not_unregistered_apps_but_their_admin_changes_alert() {
         "unregistered OAuth clients still alert"
     );
 }
+
+/// The release binary run from any folder, with no config: the default detectors
+/// folder and registry are not there, so the built-in detectors and an empty
+/// registry are used, and both are said on stderr.
+#[test]
+fn replay_from_a_folder_without_config_uses_the_builtins_and_writes_alerts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("cloudtrail.ndjson");
+    std::fs::write(
+        &input,
+        unwrapped("aws_cloudtrail/stratus_red_team_detonation_logs.ndjson"),
+    )
+    .expect("write");
+    // `appwarden replay` in the temporary folder, with one setting from the environment.
+    let replay_here = |variable: &str, value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_appwarden"))
+            .current_dir(dir.path())
+            .env(variable, value)
+            .args([
+                "replay",
+                "--alerts-out",
+                "alerts.ndjson",
+                "cloudtrail.ndjson",
+            ])
+            .output()
+            .expect("appwarden runs")
+    };
+    let output = replay_here("APPWARDEN__LOG__FORMAT", "json");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("using the built-in detectors"), "{stderr}");
+    assert!(
+        stderr.contains("replaying with an empty registry"),
+        "{stderr}"
+    );
+    let alerts = std::fs::read_to_string(dir.path().join("alerts.ndjson")).expect("alerts");
+    assert!(alerts.lines().count() > 0, "no alerts written; {stderr}");
+
+    // An explicitly configured folder that is missing stays an error.
+    let output = replay_here("APPWARDEN__DETECT__DETECTORS_DIR", "my-detectors");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("my-detectors"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn check_config_says_where_each_value_comes_from() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = dir.path().join("user.toml");
+    std::fs::write(&user, "[kafka]\nbrokers = \"kafka-1:9092\"\n").expect("write");
+    let output = appwarden()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&user)
+        .env("APPWARDEN__DETECT__SHARDS", "3")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("brokers = \"kafka-1:9092\"  # file"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("shards = 3  # environment"), "{stdout}");
+    assert!(
+        stdout.contains("group_id = ") && stdout.contains("  # default"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn every_subcommand_says_what_it_does_with_an_example() {
+    let top = appwarden().arg("--help").output().expect("runs");
+    let top = String::from_utf8_lossy(&top.stdout);
+    for command in ["run", "replay", "demo", "query", "check-config"] {
+        let line = top
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("--help lists no {command}: {top}"));
+        assert!(line.len() > command.len() + 10, "{line}");
+        assert!(
+            top.contains(&format!("appwarden {command}")),
+            "no example of {command}: {top}"
+        );
+        let help = appwarden()
+            .args([command, "--help"])
+            .output()
+            .expect("runs");
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            help.contains("Example:"),
+            "{command} --help has no example: {help}"
+        );
+    }
+}

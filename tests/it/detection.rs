@@ -424,7 +424,7 @@ fn score(world: &World, alerts: &[serde_json::Value], days: f64) -> Score {
 /// report, an app in two allowed regions at once, a new subdomain of a domain
 /// in use by an app registered without an allowlist, 1 % growth a day, and
 /// three rounds of the five incidents. The figures are printed
-/// (`cargo test --test it realistic -- --nocapture`) and in the README.
+/// (`cargo test --test it realistic -- --nocapture`) and in docs/detectors.md.
 #[test]
 fn a_realistic_organisation_over_two_weeks_gives_its_incidents_and_almost_nothing_else() {
     let days = 14;

@@ -1,5 +1,6 @@
 //! The detector kinds: one file each, built from a detector file by [`build`].
 
+mod buckets;
 mod new_domain;
 mod rate_spike;
 mod secret_reads;

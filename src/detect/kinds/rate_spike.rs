@@ -2,8 +2,7 @@
 //!
 //! Each identity's events are counted in tumbling buckets aligned to the Unix
 //! epoch (`bucket_secs`, default 5 minutes). A bucket is evaluated once, when
-//! the watermark passes its end (or when the identity's next event falls in a
-//! newer bucket), against the identity's baseline:
+//! the watermark passes its end, against the identity's baseline:
 //!
 //! - one EWMA of the bucket count per *slot*, a slot being the UTC hour of day
 //!   × {weekday, weekend} (48 slots), so the daily curve and quiet weekends are
@@ -26,13 +25,18 @@
 //! normal. Empty buckets between two active ones count as zeros (at most one
 //! week of them is replayed, which touches every slot).
 //!
-//! An event older than the identity's open bucket (possible within the
-//! engine's allowed lateness once a newer bucket has opened) is counted in the
-//! open bucket rather than lost.
+//! Several buckets of one identity may be open at once (see [`buckets`]): the
+//! watermark follows the slowest partition, so events arrive in any order
+//! within it and each is counted in its own bucket; the same records give the
+//! same alerts however they are split into partitions or files and in whatever
+//! order those are read.
+//!
+//! [`buckets`]: super::buckets
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::buckets::{Bucket, OpenBuckets, keep_earliest};
 use crate::detect::alert::{EventRef, Evidence, Finding, sql_str};
 use crate::detect::spec::{DetectorSpec, SpecError};
 use crate::detect::{Context, Detector, IdentityMap, StateStore};
@@ -162,16 +166,31 @@ pub fn build(spec: &DetectorSpec, max_identities: usize) -> Result<Box<dyn Detec
     Ok(Box::new(RateSpike::new(spec, max_identities)?))
 }
 
-/// The bucket being counted for one identity.
+/// A bucket being counted for one identity.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct OpenBucket {
     /// Bucket start, epoch seconds.
     start: i64,
     count: u32,
+    /// The earliest events of the bucket (by [`EventRef::not_after`]).
     samples: Vec<EventRef>,
 }
 
-/// One identity's baseline and open bucket (about 0.5 KiB when idle).
+impl Bucket for OpenBucket {
+    fn starting(start: i64) -> Self {
+        OpenBucket {
+            start,
+            count: 0,
+            samples: Vec::new(),
+        }
+    }
+
+    fn start(&self) -> i64 {
+        self.start
+    }
+}
+
+/// One identity's baseline and open buckets (about 0.5 KiB when idle).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct State {
     /// First event time, epoch seconds (for the learning period).
@@ -186,7 +205,9 @@ struct State {
     overall_buckets: u32,
     /// Start of the last evaluated bucket, epoch seconds.
     last_closed: Option<i64>,
-    open: Option<OpenBucket>,
+    /// Buckets not closed yet, in start order (one `null` or object in older snapshots).
+    #[serde(default)]
+    open: OpenBuckets<OpenBucket>,
     /// Busiest bucket per UTC hour of day, decayed per bucket learned in that hour.
     #[serde(default)]
     hour_peak: [f32; 24],
@@ -338,7 +359,8 @@ impl RateSpike {
     }
 }
 
-/// Evaluates a closed bucket, emits a finding if it is a spike, and learns it.
+/// Evaluates a closed bucket, emits a finding if it is a spike, and learns it
+/// (after the empty buckets since the last closed one).
 fn close(
     p: &Params,
     sql_filter: &str,
@@ -348,6 +370,7 @@ fn close(
     cx: &Context<'_>,
     out: &mut Vec<Finding>,
 ) {
+    state.learn_gap(p, open.start);
     let count = open.count as f64;
     let (day, hour) = slot_of(open.start);
     let end = open.start + p.bucket_secs as i64;
@@ -467,39 +490,29 @@ impl Detector for RateSpike {
         let bucket = self.p.bucket_secs as i64;
         let start = t - t.rem_euclid(bucket);
         let state = self.map.entry(key, event.time);
-        if state.first_seen.is_none() {
-            state.first_seen = Some(t);
-        }
+        // The earliest event, whatever order they arrive in.
+        state.first_seen = Some(state.first_seen.map_or(t, |first| first.min(t)));
         if state.app_id.as_deref() != app_id {
             state.app_id = app_id.map(str::to_string);
         }
-        match state.open.as_mut() {
-            Some(open) if start <= open.start => {
-                open.count = open.count.saturating_add(1);
-                if open.samples.len() < MAX_SAMPLES {
-                    open.samples.push(EventRef::of(event));
-                }
-                return;
-            }
-            Some(_) => {
-                if let Some(open) = state.open.take() {
-                    close(&self.p, &self.sql_filter, key, state, open, cx, out);
-                }
-            }
-            None => {
-                if state.last_closed.is_some_and(|last| start <= last) {
-                    // Its bucket is already closed: the engine drops such late events.
-                    return;
-                }
-            }
+        if let Some(oldest) = state.open.make_room(start) {
+            close(&self.p, &self.sql_filter, key, state, oldest, cx, out);
         }
-        state.learn_gap(&self.p, start);
-        state.open = Some(OpenBucket {
-            start,
-            count: 1,
-            samples: vec![EventRef::of(event)],
-        });
-        self.next_due = self.next_due.min(start + bucket);
+        // None: its bucket is already closed and none is open (the engine drops
+        // such late events before they get here).
+        let Some((open, opened)) = state.open.bucket_for(start, state.last_closed) else {
+            return;
+        };
+        open.count = open.count.saturating_add(1);
+        keep_earliest(
+            &mut open.samples,
+            EventRef::of(event),
+            MAX_SAMPLES,
+            EventRef::not_after,
+        );
+        if opened {
+            self.next_due = self.next_due.min(start + bucket);
+        }
     }
 
     fn advance(&mut self, cx: &Context<'_>, out: &mut Vec<Finding>) {
@@ -511,15 +524,11 @@ impl Detector for RateSpike {
         let mut next_due = i64::MAX;
         let mut found = Vec::new();
         for (key, state) in self.map.iter_mut() {
-            let Some(open_start) = state.open.as_ref().map(|o| o.start) else {
-                continue;
-            };
-            if open_start + bucket <= watermark {
-                if let Some(open) = state.open.take() {
-                    close(&self.p, &self.sql_filter, key, state, open, cx, &mut found);
-                }
-            } else {
-                next_due = next_due.min(open_start + bucket);
+            while let Some(open) = state.open.pop_due(watermark, bucket) {
+                close(&self.p, &self.sql_filter, key, state, open, cx, &mut found);
+            }
+            if let Some(start) = state.open.earliest_start() {
+                next_due = next_due.min(start + bucket);
             }
         }
         self.next_due = next_due;
@@ -533,8 +542,8 @@ impl Detector for RateSpike {
 
     fn load(&mut self, key: String, state: serde_json::Value) -> Result<(), String> {
         self.map.load(key.clone(), state)?;
-        if let Some(open) = self.map.get(&key).and_then(|s| s.open.as_ref()) {
-            self.next_due = self.next_due.min(open.start + self.p.bucket_secs as i64);
+        if let Some(start) = self.map.get(&key).and_then(|s| s.open.earliest_start()) {
+            self.next_due = self.next_due.min(start + self.p.bucket_secs as i64);
         }
         Ok(())
     }
@@ -720,6 +729,54 @@ apps:
             "{:?}",
             f.evidence.details
         );
+    }
+
+    #[test]
+    fn the_same_calls_give_the_same_alerts_when_one_partition_runs_hours_ahead() {
+        let mut rng = Rng::new(5);
+        let mut events = Vec::new();
+        for minute in 0..9 * 24 * 60 {
+            let t0 = monday() + Duration::minutes(minute);
+            for (app, peak_per_hour) in [("sales-bot", 200.0), ("ops-sync", 40.0)] {
+                for _ in 0..rng.poisson(peak_per_hour / 60.0 * diurnal(t0)) {
+                    let t = t0 + Duration::milliseconds(rng.below(60_000) as i64);
+                    events.push(event(t, app, Category::ApiCall));
+                }
+            }
+        }
+        // A 15-minute burst of ops-sync on the second Tuesday afternoon.
+        let burst = monday() + Duration::days(8) + Duration::hours(14);
+        for k in 0..600 {
+            events.push(event(
+                burst + Duration::milliseconds(k * 1500),
+                "ops-sync",
+                Category::ApiCall,
+            ));
+        }
+        events.sort_by_key(|e| e.time);
+        let mut partitions = vec![Vec::new(), Vec::new()];
+        for (i, e) in events.into_iter().enumerate() {
+            partitions[i % 2].push(e);
+        }
+        let run = |chunk: Duration| {
+            let mut found: Vec<String> =
+                testing::feed_by_partition(&spec(), &registry(), &partitions, chunk)
+                    .iter()
+                    .map(|f| format!("{f:?}"))
+                    .collect();
+            found.sort();
+            found
+        };
+        let in_step = run(Duration::minutes(1));
+        // Partition 0 read up to 9 hours ahead of partition 1, as after a restart
+        // on a backlog: before buckets waited for the watermark, partition 1's
+        // calls were counted in partition 0's newest bucket and made spikes.
+        let hours_ahead = run(Duration::hours(9));
+        assert!(
+            !in_step.is_empty() && in_step.iter().all(|f| f.contains("app:ops-sync")),
+            "{in_step:#?}"
+        );
+        assert_eq!(in_step, hours_ahead);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! minutes): the number of reads, the set of distinct secrets read (`resource`
 //! and every entry of `resources`, so batch reads count each secret; the set is
 //! capped at `max_secrets_per_bucket`), and whether secrets were listed. When
-//! the watermark passes the bucket's end (or the identity's next event falls in
-//! a newer bucket) it yields at most one finding per variant:
+//! the watermark passes the bucket's end it yields at most one finding per
+//! variant:
 //!
 //! - `absolute`: ≥ `max_distinct` distinct secrets the identity never read in
 //!   an earlier bucket (its known set, the last `max_known_secrets` it read),
@@ -31,15 +31,21 @@
 //! adds at most the old baseline × `baseline_factor` to the EWMA and never
 //! raises the "most seen" guard, so an incident does not become the new normal.
 //!
-//! An event older than the identity's open bucket (possible within the
-//! engine's allowed lateness once a newer bucket has opened) is counted in the
-//! open bucket rather than lost.
+//! Several buckets of one identity may be open at once (see [`buckets`]): the
+//! watermark follows the slowest partition, so events arrive in any order
+//! within it. Each is gathered in its own bucket, and a bucket's findings are
+//! worked out when it closes (which secrets were read after its first listing
+//! from each secret's first read time), so the same records give the same
+//! findings in whatever order they are read.
+//!
+//! [`buckets`]: super::buckets
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
+use super::buckets::{Bucket, OpenBuckets, keep_earliest};
 use crate::detect::alert::{EventRef, Evidence, Finding, sql_str};
 use crate::detect::spec::{DetectorSpec, SpecError};
 use crate::detect::{Context, Detector, IdentityMap, StateStore};
@@ -167,22 +173,56 @@ struct OpenBucket {
     start: i64,
     /// Secret reads (a batch read counts each secret it names).
     reads: u32,
-    /// Distinct secrets read, at most `max_secrets_per_bucket`.
-    secrets: BTreeSet<String>,
+    /// Distinct secrets read, at most `max_secrets_per_bucket`, each with its
+    /// first read time in the bucket.
+    #[serde(deserialize_with = "secrets_with_first_read")]
+    secrets: BTreeMap<String, DateTime<Utc>>,
     /// Whether more distinct secrets were read than the set keeps.
     capped: bool,
     /// Listing events.
     lists: u32,
     /// Time of the first listing.
     listed_at: Option<DateTime<Utc>>,
-    /// Distinct secrets first read at or after the first listing.
-    read_after_list: u32,
     /// Whether `unregistered_reader` was emitted for this bucket.
     unregistered_reported: bool,
+    /// The earliest events that listed or read a secret new to the bucket.
     samples: Vec<EventRef>,
 }
 
-/// One identity's baseline and open bucket (about 0.1 KiB when idle).
+impl Bucket for OpenBucket {
+    fn starting(start: i64) -> Self {
+        OpenBucket {
+            start,
+            ..OpenBucket::default()
+        }
+    }
+
+    fn start(&self) -> i64 {
+        self.start
+    }
+}
+
+/// The secrets of an open bucket; snapshots from before first read times were
+/// kept hold the names only, which load as read before any listing.
+fn secrets_with_first_read<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, DateTime<Utc>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        WithTimes(BTreeMap<String, DateTime<Utc>>),
+        Names(Vec<String>),
+    }
+    Ok(match Stored::deserialize(deserializer)? {
+        Stored::WithTimes(secrets) => secrets,
+        Stored::Names(names) => names
+            .into_iter()
+            .map(|name| (name, DateTime::<Utc>::MIN_UTC))
+            .collect(),
+    })
+}
+
+/// One identity's baseline and open buckets (about 0.1 KiB when idle).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct State {
     /// First event time, epoch seconds (for the learning period).
@@ -196,7 +236,9 @@ struct State {
     max_distinct_seen: u32,
     /// Start of the last evaluated bucket, epoch seconds.
     last_closed: Option<i64>,
-    open: Option<OpenBucket>,
+    /// Buckets not closed yet, in start order (one `null` or object in older snapshots).
+    #[serde(default)]
+    open: OpenBuckets<OpenBucket>,
     /// Hashes of the secrets read in earlier buckets, oldest first.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     known: VecDeque<u64>,
@@ -222,7 +264,7 @@ fn knows(known: &VecDeque<u64>, name: &str) -> bool {
 
 impl State {
     /// Remembers the secrets of a closed bucket as known, within `max_known_secrets`.
-    fn remember(&mut self, p: &Params, names: &BTreeSet<String>) {
+    fn remember<'a>(&mut self, p: &Params, names: impl Iterator<Item = &'a String>) {
         let cap = p.max_known_secrets as usize;
         if cap == 0 {
             return;
@@ -326,7 +368,8 @@ impl SecretReads {
     }
 }
 
-/// Evaluates a closed bucket, emits its findings, and learns it.
+/// Evaluates a closed bucket, emits its findings, and learns it (after the
+/// empty buckets since the last closed one).
 fn close(
     p: &Params,
     key: &str,
@@ -335,14 +378,24 @@ fn close(
     cx: &Context<'_>,
     out: &mut Vec<Finding>,
 ) {
+    state.learn_gap(p, open.start);
     let distinct = open.secrets.len() as u32;
     // Secrets the identity never read in an earlier bucket: a thief reads other
     // apps' secrets, a rotation job reads the same set every night.
     let new_distinct = open
         .secrets
-        .iter()
+        .keys()
         .filter(|s| !knows(&state.known, s))
         .count() as u32;
+    // Of those, the ones first read at or after the bucket's first listing.
+    let read_after_list = match open.listed_at {
+        Some(listed_at) => open
+            .secrets
+            .iter()
+            .filter(|(s, first_read)| **first_read >= listed_at && !knows(&state.known, s))
+            .count() as u32,
+        None => 0,
+    };
     let start = epoch(open.start);
     let end = epoch(open.start + p.bucket_secs as i64);
     let first_seen = epoch(state.first_seen.unwrap_or(open.start));
@@ -359,7 +412,7 @@ fn close(
         "never_read_before": new_distinct,
         "distinct_capped": open.capped,
         "listings": open.lists,
-        "read_after_listing": open.read_after_list,
+        "read_after_listing": read_after_list,
         "usual_distinct": round2(usual),
         "max_distinct_seen": state.max_distinct_seen,
         "history_buckets": state.history_buckets,
@@ -443,7 +496,7 @@ fn close(
         ));
         emitted = true;
     }
-    if open.lists > 0 && open.read_after_list >= p.enumeration_min_reads {
+    if open.lists > 0 && read_after_list >= p.enumeration_min_reads {
         let listed_at = open.listed_at.unwrap_or(start);
         out.push(finding(
             "enumeration",
@@ -451,12 +504,12 @@ fn close(
                 "{who} listed secrets at {} and then read{more} {} distinct secrets in the same {span}; \
                  {} or more after a listing is treated as enumeration.",
                 listed_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                open.read_after_list,
+                read_after_list,
                 p.enumeration_min_reads
             ),
-            open.read_after_list,
+            read_after_list,
             serde_json::json!(p.enumeration_min_reads),
-            score(open.read_after_list as f64, p.enumeration_min_reads as f64),
+            score(read_after_list as f64, p.enumeration_min_reads as f64),
             format!(
                 "category IN ({},{})",
                 sql_str(Category::SecretList.as_str()),
@@ -476,7 +529,7 @@ fn close(
         state.learn(p, distinct as f64);
         state.max_distinct_seen = state.max_distinct_seen.max(distinct);
     }
-    state.remember(p, &open.secrets);
+    state.remember(p, open.secrets.keys());
     state.last_closed = Some(open.start);
 }
 
@@ -556,45 +609,33 @@ impl Detector for SecretReads {
         let bucket = self.p.bucket_secs as i64;
         let start = t - t.rem_euclid(bucket);
         let state = self.map.entry(key, event.time);
-        if state.first_seen.is_none() {
-            state.first_seen = Some(t);
-        }
+        // The earliest event, whatever order they arrive in.
+        state.first_seen = Some(state.first_seen.map_or(t, |first| first.min(t)));
         if state.app_id.as_deref() != app_id {
             state.app_id = app_id.map(str::to_string);
         }
-        match state.open.as_ref() {
-            Some(open) if start <= open.start => {}
-            Some(_) => {
-                if let Some(open) = state.open.take() {
-                    close(&self.p, key, state, open, cx, out);
-                }
-            }
-            None => {
-                if state.last_closed.is_some_and(|last| start <= last) {
-                    // Its bucket is already closed: the engine drops such late events.
-                    return;
-                }
-            }
+        if let Some(oldest) = state.open.make_room(start) {
+            close(&self.p, key, state, oldest, cx, out);
         }
-        if state.open.is_none() {
-            state.learn_gap(&self.p, start);
-            state.open = Some(OpenBucket {
-                start,
-                ..OpenBucket::default()
-            });
-            self.next_due = self.next_due.min(start + bucket);
-        }
-        let Some(open) = state.open.as_mut() else {
+        // None: its bucket is already closed and none is open (the engine drops
+        // such late events before they get here).
+        let Some((open, opened)) = state.open.bucket_for(start, state.last_closed) else {
             return;
         };
+        if opened {
+            self.next_due = self.next_due.min(start + bucket);
+        }
         if listing {
             open.lists = open.lists.saturating_add(1);
             if open.listed_at.is_none_or(|l| event.time < l) {
                 open.listed_at = Some(event.time);
             }
-            if open.samples.len() < MAX_SAMPLES {
-                open.samples.push(EventRef::of(event));
-            }
+            keep_earliest(
+                &mut open.samples,
+                EventRef::of(event),
+                MAX_SAMPLES,
+                EventRef::not_after,
+            );
             return;
         }
         let mut names: Vec<&str> = Vec::with_capacity(1 + event.resources.len());
@@ -604,24 +645,26 @@ impl Detector for SecretReads {
             }
         }
         open.reads = open.reads.saturating_add(names.len().max(1) as u32);
-        let after_list = open.listed_at.is_some_and(|l| event.time >= l);
         let mut new = false;
         for name in &names {
-            if open.secrets.contains(*name) {
+            if let Some(first_read) = open.secrets.get_mut(*name) {
+                *first_read = (*first_read).min(event.time);
                 continue;
             }
             if open.secrets.len() < self.p.max_secrets_per_bucket as usize {
-                open.secrets.insert(name.to_string());
+                open.secrets.insert(name.to_string(), event.time);
                 new = true;
-                if after_list && !knows(&state.known, name) {
-                    open.read_after_list += 1;
-                }
             } else {
                 open.capped = true;
             }
         }
-        if new && open.samples.len() < MAX_SAMPLES {
-            open.samples.push(EventRef::of(event));
+        if new {
+            keep_earliest(
+                &mut open.samples,
+                EventRef::of(event),
+                MAX_SAMPLES,
+                EventRef::not_after,
+            );
         }
         if unregistered && !open.unregistered_reported {
             open.unregistered_reported = true;
@@ -638,15 +681,11 @@ impl Detector for SecretReads {
         let mut next_due = i64::MAX;
         let mut found = Vec::new();
         for (key, state) in self.map.iter_mut() {
-            let Some(open_start) = state.open.as_ref().map(|o| o.start) else {
-                continue;
-            };
-            if open_start + bucket <= watermark {
-                if let Some(open) = state.open.take() {
-                    close(&self.p, key, state, open, cx, &mut found);
-                }
-            } else {
-                next_due = next_due.min(open_start + bucket);
+            while let Some(open) = state.open.pop_due(watermark, bucket) {
+                close(&self.p, key, state, open, cx, &mut found);
+            }
+            if let Some(start) = state.open.earliest_start() {
+                next_due = next_due.min(start + bucket);
             }
         }
         self.next_due = next_due;
@@ -662,8 +701,8 @@ impl Detector for SecretReads {
 
     fn load(&mut self, key: String, state: serde_json::Value) -> Result<(), String> {
         self.map.load(key.clone(), state)?;
-        if let Some(open) = self.map.get(&key).and_then(|s| s.open.as_ref()) {
-            self.next_due = self.next_due.min(open.start + self.p.bucket_secs as i64);
+        if let Some(start) = self.map.get(&key).and_then(|s| s.open.earliest_start()) {
+            self.next_due = self.next_due.min(start + self.p.bucket_secs as i64);
         }
         Ok(())
     }
@@ -772,6 +811,46 @@ apps:
             out.push(read(t, app, &format!("prod/shared/secret-{k:03}")));
         }
         out
+    }
+
+    /// The findings of `partitions` fed `chunk` at a time, partition 0 first, in a stable order.
+    fn partitioned(partitions: &[Vec<NormalizedEvent>], chunk: Duration) -> Vec<String> {
+        let mut found: Vec<String> =
+            testing::feed_by_partition(&spec(), &registry(), partitions, chunk)
+                .iter()
+                .map(|f| format!("{f:?}"))
+                .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn the_same_reads_give_the_same_findings_when_one_partition_runs_hours_ahead() {
+        let incident = monday() + Duration::days(4) + Duration::hours(14) + Duration::minutes(24);
+        let mut events = usual("billing-agent", monday(), 5 * 24, 20.0, 5, 1);
+        events.extend(usual("crm-sync", monday(), 5 * 24, 30.0, 8, 2));
+        events.extend(mass_read("billing-agent", incident, true));
+        events.sort_by_key(|e| e.time);
+        // Reads alternate between two partitions; the listing is on partition 1,
+        // which is read after partition 0's reads that follow it.
+        let mut partitions = vec![Vec::new(), Vec::new()];
+        for (i, e) in events.into_iter().enumerate() {
+            let p = usize::from(e.category == Category::SecretList || i % 2 == 1);
+            partitions[p].push(e);
+        }
+        let in_step = partitioned(&partitions, Duration::minutes(1));
+        let hours_ahead = partitioned(&partitions, Duration::hours(6));
+        assert!(
+            in_step
+                .iter()
+                .any(|f| f.contains("variant: \"enumeration\"")),
+            "{in_step:#?}"
+        );
+        assert!(
+            in_step.iter().any(|f| f.contains("variant: \"absolute\"")),
+            "{in_step:#?}"
+        );
+        assert_eq!(in_step, hours_ahead);
     }
 
     #[test]
@@ -1076,7 +1155,7 @@ apps:
             .get("app:crm-sync")
             .unwrap()
             .open
-            .as_ref()
+            .first()
             .unwrap();
         assert_eq!(open.secrets.len(), 1000);
         assert!(open.capped);
@@ -1105,7 +1184,7 @@ apps:
             "{}",
             saved[0].1
         );
-        assert!(detector.map.get("app:crm-sync").unwrap().open.is_none());
+        assert!(detector.map.get("app:crm-sync").unwrap().open.is_empty());
     }
 
     #[test]

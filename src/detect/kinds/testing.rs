@@ -230,3 +230,68 @@ impl Driver {
         out
     }
 }
+
+/// Feeds a windowed detector the way the engine reads several partitions:
+/// `chunk` of time at a time, each partition's events of that chunk in turn (so
+/// partition 0 runs up to `chunk` ahead of the others), with the watermark at
+/// the slowest partition's newest time − 60 s and events behind it dropped.
+/// Returns the findings once every window has closed.
+pub(crate) fn feed_by_partition(
+    spec: &DetectorSpec,
+    registry: &Registry,
+    partitions: &[Vec<NormalizedEvent>],
+    chunk: Duration,
+) -> Vec<Finding> {
+    let mut detector = build(spec, 10_000).unwrap();
+    let mut newest: Vec<Option<DateTime<Utc>>> = vec![None; partitions.len()];
+    let mut next = vec![0usize; partitions.len()];
+    let mut watermark = DateTime::<Utc>::MIN_UTC;
+    let mut out = Vec::new();
+    let Some(first) = partitions
+        .iter()
+        .filter_map(|p| p.first())
+        .map(|e| e.time)
+        .min()
+    else {
+        return out;
+    };
+    let mut until = first;
+    while next.iter().zip(partitions).any(|(i, p)| *i < p.len()) {
+        until += chunk;
+        for (p, events) in partitions.iter().enumerate() {
+            while let Some(e) = events.get(next[p]).filter(|e| e.time < until) {
+                next[p] += 1;
+                newest[p] = newest[p].max(Some(e.time));
+                if let Some(slowest) = newest.iter().copied().min().flatten() {
+                    let moved = slowest - Duration::seconds(60);
+                    if moved > watermark {
+                        watermark = moved;
+                        let cx = Context {
+                            registry,
+                            watermark,
+                            spec,
+                        };
+                        detector.advance(&cx, &mut out);
+                    }
+                }
+                if !spec.filter.matches(e) || e.time < watermark {
+                    continue;
+                }
+                let cx = Context {
+                    registry,
+                    watermark,
+                    spec,
+                };
+                detector.observe(e, &cx, &mut out);
+            }
+        }
+    }
+    let end = newest.iter().copied().max().flatten().unwrap_or(first) + Duration::days(1);
+    let cx = Context {
+        registry,
+        watermark: end,
+        spec,
+    };
+    detector.advance(&cx, &mut out);
+    out
+}
