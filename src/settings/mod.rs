@@ -735,46 +735,32 @@ topics = [{ name = "okta-logs", format = "okta" }]
         assert_eq!(s.kafka.topics[2].format, Format::Auto);
         assert!(s.kafka.topics[3].decode_options().unwrap().layout.is_none());
 
-        let e = load(
-            Some(
-                "[kafka]\ntopics = [{ name = \"p\", format = \"squid\", layout = \"%ts %zz\" }]\n",
+        for (topic, needles) in [
+            (
+                r#"{ name = "p", format = "squid", layout = "%ts %zz" }"#,
+                [
+                    "kafka.topics[0].layout",
+                    "`%zz` is not a Squid logformat code",
+                ],
             ),
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("kafka.topics[0].layout")
-                && e.contains("`%zz` is not a Squid logformat code"),
-            "{e}"
-        );
-        let e = load(
-            Some("[kafka]\ntopics = [{ name = \"a\", format = \"okta\", layout = \"squid\" }]\n"),
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("kafka.topics[0].layout") && e.contains("not \"okta\""),
-            "{e}"
-        );
-        let e = load(
-            Some("[kafka]\ntopics = [{ name = \"a\", format = \"squid\", layout = \"\" }]\n"),
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("kafka.topics[0].layout") && e.contains("preset"),
-            "{e}"
-        );
-        let e = load(
-            Some("[kafka]\ntopics = [{ name = \"a\", format = \"squid\", layuot = \"squid\" }]\n"),
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("layuot"), "{e}");
+            (
+                r#"{ name = "a", format = "okta", layout = "squid" }"#,
+                ["kafka.topics[0].layout", "not \"okta\""],
+            ),
+            (
+                r#"{ name = "a", format = "squid", layout = "" }"#,
+                ["kafka.topics[0].layout", "preset"],
+            ),
+            (
+                r#"{ name = "a", format = "squid", layuot = "squid" }"#,
+                ["layuot", "layuot"],
+            ),
+        ] {
+            let e = load(Some(&format!("[kafka]\ntopics = [{topic}]\n")), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(needles.iter().all(|n| e.contains(n)), "{topic}: {e}");
+        }
     }
 
     #[test]
