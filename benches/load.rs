@@ -234,6 +234,7 @@ fn daemon_settings(
             name: name.clone(),
             format: Format::Auto,
             mapping: None,
+            layout: None,
         })
         .collect();
     if let Some(batch) = env_number("LOAD_BATCH_MAX_RECORDS") {

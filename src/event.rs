@@ -16,7 +16,7 @@ pub enum SourceKind {
     Sso,
     /// API or egress gateway (Kong, Envoy/Istio, Squid).
     Gateway,
-    /// Secrets manager or cloud control plane (CloudTrail, Vault).
+    /// Secrets manager or cloud control plane (CloudTrail, Vault, Azure Key Vault).
     Secrets,
 }
 
@@ -32,10 +32,11 @@ pub enum Product {
     Envoy,
     Squid,
     Generic,
+    AzureKeyvault,
 }
 
 impl Product {
-    pub const ALL: [Product; 8] = [
+    pub const ALL: [Product; 9] = [
         Product::Okta,
         Product::Entra,
         Product::Cloudtrail,
@@ -44,6 +45,7 @@ impl Product {
         Product::Envoy,
         Product::Squid,
         Product::Generic,
+        Product::AzureKeyvault,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +58,7 @@ impl Product {
             Product::Envoy => "envoy",
             Product::Squid => "squid",
             Product::Generic => "generic",
+            Product::AzureKeyvault => "azure_keyvault",
         }
     }
 
@@ -63,7 +66,7 @@ impl Product {
     pub fn default_source_kind(self) -> SourceKind {
         match self {
             Product::Okta | Product::Entra => SourceKind::Sso,
-            Product::Cloudtrail | Product::Vault => SourceKind::Secrets,
+            Product::Cloudtrail | Product::Vault | Product::AzureKeyvault => SourceKind::Secrets,
             Product::Kong | Product::Envoy | Product::Squid | Product::Generic => {
                 SourceKind::Gateway
             }

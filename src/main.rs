@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use appwarden::daemon::{Daemon, build_outputs};
-use appwarden::decode::{DecodeOptions, Format};
+use appwarden::decode::{DecodeOptions, Format, Layout};
 use appwarden::demo::{self, DemoOptions};
 use appwarden::detect::Engine;
 use appwarden::identity::{Registry, RegistryHandle, RegistryReloader};
@@ -136,6 +136,11 @@ struct ReplayArgs {
     /// Record format of every input (auto recognises each record).
     #[arg(long, short, default_value = "auto")]
     format: Format,
+    /// Line layout of text inputs (with --format squid, envoy_text or auto): a preset
+    /// (squid, common, combined, envoy, istio), a Squid logformat string or an Envoy
+    /// format string. Default: Squid native and Envoy's default format.
+    #[arg(long, value_parser = |s: &str| Layout::parse(s).map_err(|e| e.to_string()))]
+    layout: Option<Layout>,
     /// Where alerts go (`-` for standard output).
     #[arg(long, default_value = "-")]
     alerts_out: PathBuf,
@@ -251,6 +256,17 @@ async fn run(config: Option<&Path>) -> anyhow::Result<()> {
 }
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    if args.layout.is_some()
+        && !matches!(
+            args.format,
+            Format::Auto | Format::Squid | Format::EnvoyText
+        )
+    {
+        bail!(
+            "--layout needs --format squid, envoy_text or auto, not {}",
+            args.format
+        );
+    }
     let (mut settings, sources, notes) = load_settings(args.config.as_deref())?;
     settings.history.path = args.history.clone().unwrap_or_default();
     // The daemon's retention is by wall clock; a replay of old exports would delete
@@ -287,7 +303,10 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     outputs.dead_letter_file = Some(NdjsonWriter::open(&dead_letters)?);
     let replay_options = file::ReplayOptions {
         format: args.format,
-        decode: DecodeOptions::default(),
+        decode: DecodeOptions {
+            layout: args.layout.clone().map(Arc::new),
+            ..DecodeOptions::default()
+        },
         reorder_events: args.reorder_events,
         state_out: args.state_out.clone(),
     };

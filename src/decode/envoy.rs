@@ -29,42 +29,43 @@ use crate::event::{Category, NormalizedEvent, Outcome, PrincipalKind, Product, s
 const FORMAT: Format = Format::Envoy;
 
 /// The Istio access-log keys this decoder reads; everything else is skipped.
-#[derive(Deserialize)]
-struct Record<'a> {
+/// The text decoder ([`super::envoy_text`]) fills the same record from a line.
+#[derive(Deserialize, Default)]
+pub(super) struct Record<'a> {
     #[serde(borrow)]
-    start_time: Option<Flex<'a>>,
+    pub(super) start_time: Option<Flex<'a>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    method: Option<Cow<'a, str>>,
+    pub(super) method: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    path: Option<Cow<'a, str>>,
+    pub(super) path: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    protocol: Option<Cow<'a, str>>,
+    pub(super) protocol: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    response_code: Option<Flex<'a>>,
+    pub(super) response_code: Option<Flex<'a>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    response_flags: Option<Cow<'a, str>>,
+    pub(super) response_flags: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    bytes_received: Option<Flex<'a>>,
+    pub(super) bytes_received: Option<Flex<'a>>,
     #[serde(borrow)]
-    bytes_sent: Option<Flex<'a>>,
+    pub(super) bytes_sent: Option<Flex<'a>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    upstream_host: Option<Cow<'a, str>>,
+    pub(super) upstream_host: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    upstream_cluster: Option<Cow<'a, str>>,
+    pub(super) upstream_cluster: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    authority: Option<Cow<'a, str>>,
+    pub(super) authority: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    requested_server_name: Option<Cow<'a, str>>,
+    pub(super) requested_server_name: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    downstream_remote_address: Option<Cow<'a, str>>,
+    pub(super) downstream_remote_address: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    x_forwarded_for: Option<Cow<'a, str>>,
+    pub(super) x_forwarded_for: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    request_id: Option<Cow<'a, str>>,
+    pub(super) request_id: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    downstream_peer_uri_san: Option<Cow<'a, str>>,
+    pub(super) downstream_peer_uri_san: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
-    source_principal: Option<Cow<'a, str>>,
+    pub(super) source_principal: Option<Cow<'a, str>>,
 }
 
 /// Port and host of an Istio cluster name `outbound|PORT|SUBSET|HOST`.
@@ -96,12 +97,17 @@ pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), Deco
     reject_array(FORMAT, payload)?;
     let r: Record<'_> =
         serde_json::from_slice(payload).map_err(|e| DecodeError::from_json(FORMAT, e))?;
+    out.push(event(&r, FORMAT)?);
+    Ok(())
+}
 
+/// The event of one access-log record; `format` names the decoder in errors.
+pub(super) fn event(r: &Record<'_>, format: Format) -> Result<NormalizedEvent, DecodeError> {
     let time = match &r.start_time {
-        Some(t) => t.to_time(FORMAT)?,
+        Some(t) => t.to_time(format)?,
         None => {
             return Err(DecodeError::BadTime {
-                format: FORMAT,
+                format,
                 detail: "no start_time".into(),
             });
         }
@@ -191,8 +197,7 @@ pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), Deco
     event.bytes_in = r.bytes_received.as_ref().and_then(Flex::as_u64);
     event.bytes_out = r.bytes_sent.as_ref().and_then(Flex::as_u64);
     event.vendor_event_id = present(&r.request_id).map(str::to_string);
-    out.push(event);
-    Ok(())
+    Ok(event)
 }
 
 #[cfg(test)]

@@ -7,12 +7,15 @@
 //! carries nothing to act on, such as a Vault request line whose response
 //! line follows); it never panics on input.
 
+pub mod azure_keyvault;
 pub mod cloudtrail;
 pub mod entra;
 pub mod envoy;
+pub mod envoy_text;
 pub(crate) mod fields;
 pub mod generic;
 pub mod kong;
+pub mod layout;
 pub mod okta;
 pub mod squid;
 #[cfg(test)]
@@ -29,6 +32,7 @@ use serde_json::value::RawValue;
 
 use crate::event::{NormalizedEvent, Product};
 pub use generic::FieldMapping;
+pub use layout::{Layout, LayoutError};
 
 /// The format of a topic or file: one vendor format, or `auto` to recognise it per record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -44,11 +48,13 @@ pub enum Format {
     Envoy,
     Squid,
     Generic,
+    AzureKeyvault,
+    EnvoyText,
 }
 
 impl Format {
     /// Every format, `auto` first.
-    pub const ALL: [Format; 9] = [
+    pub const ALL: [Format; 11] = [
         Format::Auto,
         Format::Okta,
         Format::Entra,
@@ -58,10 +64,11 @@ impl Format {
         Format::Envoy,
         Format::Squid,
         Format::Generic,
+        Format::AzureKeyvault,
+        Format::EnvoyText,
     ];
 
-    pub const NAMES: &'static str =
-        "auto, okta, entra, cloudtrail, vault, kong, envoy, squid, generic";
+    pub const NAMES: &'static str = "auto, okta, entra, cloudtrail, vault, kong, envoy, squid, generic, azure_keyvault, envoy_text";
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -74,6 +81,8 @@ impl Format {
             Format::Envoy => "envoy",
             Format::Squid => "squid",
             Format::Generic => "generic",
+            Format::AzureKeyvault => "azure_keyvault",
+            Format::EnvoyText => "envoy_text",
         }
     }
 
@@ -88,6 +97,8 @@ impl Format {
             Format::Envoy => Some(Product::Envoy),
             Format::Squid => Some(Product::Squid),
             Format::Generic => Some(Product::Generic),
+            Format::AzureKeyvault => Some(Product::AzureKeyvault),
+            Format::EnvoyText => Some(Product::Envoy),
         }
     }
 }
@@ -240,11 +251,43 @@ pub fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// Decodes text with one record per non-blank line: one event per line, whose
+/// `raw_data` is that line alone (the whole payload in each event of a record of
+/// many lines would make the outputs grow with lines × bytes); one bad line
+/// fails the whole payload and leaves nothing behind.
+pub(crate) fn each_line(
+    payload: &[u8],
+    out: &mut Vec<NormalizedEvent>,
+    mut decode_line: impl FnMut(&str) -> Result<NormalizedEvent, DecodeError>,
+) -> Result<(), DecodeError> {
+    let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
+    let start = out.len();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match decode_line(line) {
+            Ok(mut event) => {
+                event.raw_data = Some(std::sync::Arc::from(line.trim_end()));
+                out.push(event);
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    if out.len() == start {
+        return Err(DecodeError::Empty);
+    }
+    Ok(())
+}
+
 /// Per-topic decoding settings.
 #[derive(Debug, Clone, Default)]
 pub struct DecodeOptions {
     /// Field mapping for `generic` records; `None` means the documented generic form.
     pub mapping: Option<FieldMapping>,
+    /// Line layout of text records (`squid`, `envoy_text`, and text lines under
+    /// `auto`); `None` means each format's own default layout.
+    pub layout: Option<std::sync::Arc<Layout>>,
 }
 
 /// How deep `auto` follows envelopes (`{"records":[...]}`, arrays) before giving up.
@@ -279,6 +322,14 @@ fn decode_at(
     }
     match format {
         Format::Auto => match detect(payload)? {
+            // A topic's layout describes its text lines, whatever `auto` guessed from
+            // their first character.
+            Detected::Format(Format::Squid | Format::EnvoyText) | Detected::Text
+                if options.layout.is_some() =>
+            {
+                decode_at(Format::Squid, payload, options, out, depth)
+            }
+            Detected::Text => Err(DecodeError::UnknownFormat),
             Detected::Format(f) => decode_at(f, payload, options, out, depth),
             Detected::Envelope(items) => {
                 if depth >= MAX_ENVELOPE_DEPTH {
@@ -298,14 +349,22 @@ fn decode_at(
         Format::Vault => vault::decode(payload, out),
         Format::Kong => kong::decode(payload, out),
         Format::Envoy => envoy::decode(payload, out),
+        Format::Squid | Format::EnvoyText if options.layout.is_some() => {
+            let layout = options.layout.as_deref().expect("checked above");
+            layout::decode(layout, payload, out)
+        }
         Format::Squid => squid::decode(payload, out),
+        Format::EnvoyText => envoy_text::decode(payload, out),
         Format::Generic => generic::decode(payload, options.mapping.as_ref(), out),
+        Format::AzureKeyvault => azure_keyvault::decode(payload, out),
     }
 }
 
 /// What `auto` found in a record.
 enum Detected<'a> {
     Format(Format),
+    /// A text line of no built-in layout: only a configured layout can read it.
+    Text,
     /// A JSON array, or an Azure `{"records":[...]}` envelope, whose items are decoded one by one.
     Envelope(Vec<&'a RawValue>),
 }
@@ -327,8 +386,18 @@ struct Probe<'a> {
     published: Option<IgnoredAny>,
     #[serde(alias = "operationname")]
     operationName: Option<&'a str>,
-    category: Option<IgnoredAny>,
+    // Raw, so that a category or log of any JSON type still probes (Azure's REST
+    // form writes `category` as an object); only strings are read.
+    #[serde(borrow)]
+    category: Option<&'a RawValue>,
+    #[serde(borrow, alias = "resourceid", alias = "ResourceId")]
+    resourceId: Option<&'a RawValue>,
     properties: Option<IgnoredAny>,
+    identity: Option<IgnoredAny>,
+    /// A Docker / Kubernetes JSON log line: `{"log": "<text line>", "stream": …}`.
+    #[serde(borrow)]
+    log: Option<&'a RawValue>,
+    stream: Option<IgnoredAny>,
     #[serde(rename = "type")]
     kind: Option<&'a str>,
     request: Option<IgnoredAny>,
@@ -343,6 +412,15 @@ struct Probe<'a> {
     principal: Option<IgnoredAny>,
 }
 
+/// The text of a raw JSON string value; `None` for other values.
+fn raw_str(raw: Option<&RawValue>) -> Option<std::borrow::Cow<'_, str>> {
+    let raw = raw?.get();
+    if !raw.starts_with('"') {
+        return None;
+    }
+    serde_json::from_str(raw).ok()
+}
+
 /// Recognises the format of one record, for `auto` topics.
 fn detect(payload: &[u8]) -> Result<Detected<'_>, DecodeError> {
     let first = payload
@@ -352,13 +430,16 @@ fn detect(payload: &[u8]) -> Result<Detected<'_>, DecodeError> {
         .ok_or(DecodeError::Empty)?;
     match first {
         b'{' => {}
+        b'[' if envoy_text::looks_like_line(payload) => {
+            return Ok(Detected::Format(Format::EnvoyText));
+        }
         b'[' => {
             let items: Vec<&RawValue> = serde_json::from_slice(payload)
                 .map_err(|e| DecodeError::from_json(Format::Auto, e))?;
             return Ok(Detected::Envelope(items));
         }
         b'0'..=b'9' => return Ok(Detected::Format(Format::Squid)),
-        _ => return Err(DecodeError::UnknownFormat),
+        _ => return Ok(Detected::Text),
     }
     let probe: Probe<'_> =
         serde_json::from_slice(payload).map_err(|e| DecodeError::from_json(Format::Auto, e))?;
@@ -369,6 +450,16 @@ fn detect(payload: &[u8]) -> Result<Detected<'_>, DecodeError> {
         Format::Cloudtrail
     } else if let Some(items) = probe.records {
         return Ok(Detected::Envelope(items));
+    } else if azure_keyvault::is_key_vault(
+        raw_str(probe.category).as_deref(),
+        raw_str(probe.resourceId).as_deref(),
+        probe.identity.is_some(),
+    ) {
+        Format::AzureKeyvault
+    } else if probe.stream.is_some()
+        && raw_str(probe.log).is_some_and(|line| envoy_text::looks_like_line(line.as_bytes()))
+    {
+        Format::EnvoyText
     } else if probe.eventType.is_some() && probe.published.is_some() {
         Format::Okta
     } else if probe

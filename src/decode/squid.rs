@@ -24,10 +24,9 @@
 //! line `wrong_shape` (it is not a native-format line); a non-numeric `bytes` is
 //! left out rather than rejected.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::layout::{Field, Values};
 use super::{DecodeError, Format, epoch_time_int};
 use crate::event::{
     Category, NormalizedEvent, Outcome, PrincipalKind, Product, split_host_port, url_host_port,
@@ -75,6 +74,21 @@ fn url_path(url: &str) -> Option<&str> {
     rest.get(start..)?.split(['?', '#']).next()
 }
 
+/// The values of one access-log line that the event is built from.
+struct Line<'a> {
+    time: DateTime<Utc>,
+    client: Option<&'a str>,
+    /// Squid result code (`TCP_MISS`, `TCP_DENIED`); empty when the layout has none.
+    code: &'a str,
+    status: Option<u16>,
+    bytes: Option<&'a str>,
+    method: &'a str,
+    url: Option<&'a str>,
+    user: Option<&'a str>,
+    /// First address of `X-Forwarded-For`, from custom layouts.
+    forwarded_for: Option<&'a str>,
+}
+
 fn decode_line(line: &str) -> Result<NormalizedEvent, DecodeError> {
     let mut fields = line.split_ascii_whitespace();
     let (
@@ -106,20 +120,100 @@ fn decode_line(line: &str) -> Result<NormalizedEvent, DecodeError> {
     let status: u16 = status
         .parse()
         .map_err(|_| shape("status in code/status is not a number"))?;
+    Ok(event(&Line {
+        time,
+        client: Some(client),
+        code,
+        status: Some(status),
+        bytes: Some(bytes),
+        method,
+        url: Some(url),
+        user,
+        forwarded_for: None,
+    }))
+}
 
-    let mut event = NormalizedEvent::new(time, Product::Squid, Category::EgressRequest, method);
+/// Builds the event of a line in a configured layout (`logformat`), with the
+/// same mapping as a native line. `%ts[.%tu]`, `%tl` or `%tg` gives the time;
+/// `X-Forwarded-For` (`%{X-Forwarded-For}>h`) adds the original client as a
+/// second source-IP form.
+pub(super) fn from_values(values: &Values<'_>) -> Result<NormalizedEvent, DecodeError> {
+    let time = match (values.get(Field::EpochSeconds), values.get(Field::ClfTime)) {
+        (Some(seconds), _) => match values.get(Field::Millis) {
+            Some(millis) => line_time(&format!("{seconds}.{millis:0>3}"))?,
+            None => line_time(seconds)?,
+        },
+        (None, Some(text)) => clf_time(text, values.time_pattern)?,
+        (None, None) => {
+            return Err(DecodeError::BadTime {
+                format: FORMAT,
+                detail: "the line has no time value".into(),
+            });
+        }
+    };
+    let status = match values.get(Field::Status) {
+        Some(s) => Some(
+            s.parse::<u16>()
+                .map_err(|_| shape("HTTP status is not a number"))?,
+        ),
+        None => None,
+    };
+    Ok(event(&Line {
+        time,
+        client: values.get(Field::Client),
+        code: values.get(Field::SquidCode).unwrap_or(""),
+        status,
+        bytes: values.get(Field::BytesOut),
+        method: values.get(Field::Method).unwrap_or("-"),
+        url: values.get(Field::Url),
+        user: values.get(Field::User),
+        forwarded_for: values
+            .get(Field::ForwardedFor)
+            .and_then(|xff| xff.split(',').next())
+            .map(str::trim)
+            .filter(|ip| !ip.is_empty() && *ip != "-"),
+    }))
+}
+
+/// `%tl` / `%tg` time: `02/Mar/2026:09:15:27 +0000` unless the layout gave a pattern.
+fn clf_time(text: &str, pattern: Option<&str>) -> Result<DateTime<Utc>, DecodeError> {
+    let pattern = pattern.unwrap_or("%d/%b/%Y:%H:%M:%S %z");
+    if let Ok(t) = DateTime::parse_from_str(text, pattern) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    // A pattern without a zone (`%tg` is GMT).
+    chrono::NaiveDateTime::parse_from_str(text, pattern)
+        .map(|t| t.and_utc())
+        .map_err(|_| DecodeError::BadTime {
+            format: FORMAT,
+            detail: format!("`{}` does not match `{pattern}`", super::truncate(text, 64)),
+        })
+}
+
+fn event(line: &Line<'_>) -> NormalizedEvent {
+    let method = line.method;
+    let mut event =
+        NormalizedEvent::new(line.time, Product::Squid, Category::EgressRequest, method);
     if method != "NONE" && method != "-" {
         event.http_method = Some(method.to_string());
     }
-    if let Some(user) = user {
+    if let Some(user) = line.user {
         event.actor.push(PrincipalKind::GatewayConsumer, user);
     }
-    event.actor.push(PrincipalKind::SourceIp, client);
-    if client != "-" {
-        event.src_ip = Some(client.to_string());
+    if let Some(client) = line.client {
+        event.actor.push(PrincipalKind::SourceIp, client);
+        if client != "-" {
+            event.src_ip = Some(client.to_string());
+        }
+    }
+    if let Some(ip) = line.forwarded_for {
+        event.actor.push(PrincipalKind::SourceIp, ip);
+        if event.src_ip.is_none() {
+            event.src_ip = Some(ip.to_string());
+        }
     }
 
-    if !url.starts_with("error:") && url != "-" {
+    if let Some(url) = line.url.filter(|u| !u.starts_with("error:") && *u != "-") {
         if method.eq_ignore_ascii_case("CONNECT") {
             let (host, port) = split_host_port(url);
             event.dst_host = Some(host);
@@ -133,38 +227,23 @@ fn decode_line(line: &str) -> Result<NormalizedEvent, DecodeError> {
         }
     }
 
-    event.status_code = Some(status.to_string());
-    event.outcome = if status == 0 || status >= 400 || code.contains("DENIED") {
-        Outcome::Failure
-    } else {
-        Outcome::Success
+    event.status_code = line.status.map(|s| s.to_string());
+    let denied = line.code.contains("DENIED");
+    event.outcome = match line.status {
+        Some(status) if status == 0 || status >= 400 || denied => Outcome::Failure,
+        Some(_) => Outcome::Success,
+        None if denied => Outcome::Failure,
+        None => Outcome::Unknown,
     };
-    event.bytes_out = bytes.parse().ok();
-    Ok(event)
+    event.bytes_out = line.bytes.and_then(|b| b.parse().ok());
+    event
 }
 
 /// Decodes Squid native access-log text: one event per non-blank line, whose
 /// `raw_data` is that line alone (the whole payload in each event of a record of
 /// many lines would make the outputs grow with lines × bytes).
 pub fn decode(payload: &[u8], out: &mut Vec<NormalizedEvent>) -> Result<(), DecodeError> {
-    let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
-    let start = out.len();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        match decode_line(line) {
-            Ok(mut event) => {
-                event.raw_data = Some(Arc::from(line.trim_end()));
-                out.push(event);
-            }
-            Err(e) => {
-                out.truncate(start);
-                return Err(e);
-            }
-        }
-    }
-    if out.len() == start {
-        return Err(DecodeError::Empty);
-    }
-    Ok(())
+    super::each_line(payload, out, decode_line)
 }
 
 #[cfg(test)]
@@ -369,6 +448,77 @@ mod tests {
             reason(b"1700000000.1 30 10.1.2.3 TCP_MISS/200 5 GET http://a/ - - -\nbogus line\n"),
             "wrong_shape"
         );
+    }
+
+    fn with_layout(layout: &str, payload: &[u8]) -> Result<Vec<NormalizedEvent>, DecodeError> {
+        let layout = super::super::Layout::parse(layout).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        super::super::layout::decode(&layout, payload, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn native_layout_reads_the_fixture_as_the_native_decoder() {
+        for (line, native) in FIXTURE.events() {
+            let laid_out = with_layout("squid", line.as_bytes()).unwrap();
+            assert_eq!(laid_out, [native], "{line}");
+        }
+    }
+
+    #[test]
+    fn common_and_custom_logformats() {
+        let common = with_layout(
+            "common",
+            b"10.1.2.3 - svc-ci [02/Mar/2026:10:15:27 +0100] \"CONNECT api.github.com:443 HTTP/1.1\" 200 5120 TCP_TUNNEL:HIER_DIRECT",
+        )
+        .unwrap();
+        let e = &common[0];
+        assert_eq!(e.time.to_rfc3339(), "2026-03-02T09:15:27+00:00");
+        assert_eq!(e.dst_host.as_deref(), Some("api.github.com"));
+        assert_eq!(e.dst_port, Some(443));
+        assert_eq!(e.actor.raw, "svc-ci");
+        assert_eq!(e.status_code.as_deref(), Some("200"));
+        assert_eq!(e.bytes_out, Some(5120));
+
+        let custom = with_layout(
+            "%ts.%03tu %>a %Ss/%03>Hs %<st %rm %ru \"%{X-Forwarded-For}>h\"",
+            b"1772442941.560 10.1.2.44 TCP_DENIED/403 3974 GET http://pastebin.com/raw/x \"203.0.113.9, 10.0.0.1\"",
+        )
+        .unwrap();
+        let e = &custom[0];
+        assert_eq!(e.outcome, Outcome::Failure);
+        assert_eq!(e.src_ip.as_deref(), Some("10.1.2.44"));
+        assert_eq!(e.actor.refs[1].value, "203.0.113.9");
+        assert_eq!(e.resource.as_deref(), Some("/raw/x"));
+    }
+
+    #[test]
+    fn lines_off_their_layout_are_refused() {
+        let layout = "%ts.%03tu %>a %Ss/%03>Hs %<st %rm %ru";
+        for (line, reason) in [
+            (
+                &b"1772442941.560 10.1.2.44 TCP_DENIED 3974 GET http://a/"[..],
+                "wrong_shape",
+            ),
+            (
+                b"1772442941.560 10.1.2.44 TCP_DENIED/abc 3974 GET http://a/",
+                "wrong_shape",
+            ),
+            (
+                b"yesterday.560 10.1.2.44 TCP_DENIED/403 3974 GET http://a/",
+                "bad_time",
+            ),
+            (b"\xff 10.1.2.44", "not_utf8"),
+            (b"  \n", "empty"),
+        ] {
+            let err = with_layout(layout, line).unwrap_err();
+            assert_eq!(err.reason(), reason, "{}", String::from_utf8_lossy(line));
+        }
+        let err = with_layout(
+            "common",
+            b"10.1.2.3 - - [yesterday] \"GET http://a/ HTTP/1.1\" 200 1 X:Y",
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "bad_time");
     }
 
     #[test]

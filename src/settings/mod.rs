@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{FieldMapping, Format};
+use crate::decode::{DecodeOptions, FieldMapping, Format, Layout, LayoutError};
 use crate::deliver::worker::DeliverSettings;
 use crate::detect::EngineSettings;
 use crate::history::HistorySettings;
@@ -128,12 +128,33 @@ pub struct KafkaSettings {
 pub struct TopicSettings {
     /// Topic name.
     pub name: String,
-    /// Record format: auto, okta, entra, cloudtrail, vault, kong, envoy, squid, generic.
+    /// Record format: auto, okta, entra, cloudtrail, vault, kong, envoy, squid, generic,
+    /// azure_keyvault, envoy_text.
     #[serde(default = "default_format")]
     pub format: Format,
     /// Field mapping for `generic` topics whose records are not in the documented generic form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapping: Option<FieldMapping>,
+    /// Line layout of text records, for `squid`, `envoy_text` and `auto` topics: a
+    /// preset (`squid`, `common`, `combined`, `envoy`, `istio`), a Squid `logformat`
+    /// string or an Envoy format string. Unset: Squid native and Envoy's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+}
+
+impl TopicSettings {
+    /// The decode options of this topic; the layout was checked by [`Settings::validate`].
+    pub fn decode_options(&self) -> Result<DecodeOptions, LayoutError> {
+        Ok(DecodeOptions {
+            mapping: self.mapping.clone(),
+            layout: self
+                .layout
+                .as_deref()
+                .map(Layout::parse)
+                .transpose()?
+                .map(std::sync::Arc::new),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -429,6 +450,24 @@ impl Settings {
                 }
                 if let Err(msg) = mapping.validate() {
                     return err(&format!("kafka.topics[{i}].mapping"), msg);
+                }
+            }
+            if let Some(layout) = &topic.layout {
+                let key = format!("kafka.topics[{i}].layout");
+                if !matches!(
+                    topic.format,
+                    Format::Auto | Format::Squid | Format::EnvoyText
+                ) {
+                    return err(
+                        &key,
+                        format!(
+                            "a layout needs format = \"squid\", \"envoy_text\" or \"auto\", not \"{}\"",
+                            topic.format
+                        ),
+                    );
+                }
+                if let Err(e) = Layout::parse(layout) {
+                    return err(&key, e.to_string());
                 }
             }
         }
@@ -766,6 +805,57 @@ topics = [{ name = "okta-logs", format = "okta" }]
         )
         .unwrap_err();
         assert!(e.to_string().contains("syslog"), "{e}");
+    }
+
+    #[test]
+    fn topic_layouts_are_checked_at_load() {
+        let s = load(
+            Some(concat!(
+                "[kafka]\ntopics = [\n",
+                "  { name = \"proxy\", format = \"squid\", layout = \"combined\" },\n",
+                "  { name = \"mesh\", format = \"envoy_text\", layout = \"[%START_TIME%] %REQ(:METHOD)% %RESPONSE_CODE%\" },\n",
+                "  { name = \"any\", layout = \"%ts %>a %rm %ru %{User-Agent}>h\" },\n",
+                "  { name = \"plain\", format = \"squid\" },\n",
+                "]\n"
+            )),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.kafka.topics[0].layout.as_deref(), Some("combined"));
+        let mesh = s.kafka.topics[1].decode_options().unwrap();
+        assert_eq!(
+            mesh.layout.map(|l| l.family),
+            Some(crate::decode::layout::Family::Envoy)
+        );
+        assert_eq!(s.kafka.topics[2].format, Format::Auto);
+        assert!(s.kafka.topics[3].decode_options().unwrap().layout.is_none());
+
+        for (topic, needles) in [
+            (
+                r#"{ name = "p", format = "squid", layout = "%ts %zz" }"#,
+                [
+                    "kafka.topics[0].layout",
+                    "`%zz` is not a Squid logformat code",
+                ],
+            ),
+            (
+                r#"{ name = "a", format = "okta", layout = "squid" }"#,
+                ["kafka.topics[0].layout", "not \"okta\""],
+            ),
+            (
+                r#"{ name = "a", format = "squid", layout = "" }"#,
+                ["kafka.topics[0].layout", "preset"],
+            ),
+            (
+                r#"{ name = "a", format = "squid", layuot = "squid" }"#,
+                ["layuot", "layuot"],
+            ),
+        ] {
+            let e = load(Some(&format!("[kafka]\ntopics = [{topic}]\n")), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(needles.iter().all(|n| e.contains(n)), "{topic}: {e}");
+        }
     }
 
     #[test]

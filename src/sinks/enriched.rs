@@ -275,6 +275,7 @@ fn vendor_name(product: Product) -> &'static str {
         Product::Envoy => "Envoy Proxy",
         Product::Squid => "Squid",
         Product::Generic => "Unknown",
+        Product::AzureKeyvault => "Microsoft",
     }
 }
 
@@ -288,6 +289,7 @@ fn product_name(product: Product) -> &'static str {
         Product::Envoy => "Envoy",
         Product::Squid => "Squid",
         Product::Generic => "generic",
+        Product::AzureKeyvault => "Azure Key Vault",
     }
 }
 
@@ -336,7 +338,7 @@ impl<'a> EnrichedEvent<'a> {
             (event.cloud_region.is_some() || event.cloud_account.is_some()).then(|| Cloud {
                 provider: match event.product {
                     Product::Cloudtrail => "AWS",
-                    Product::Entra => "Azure",
+                    Product::Entra | Product::AzureKeyvault => "Azure",
                     _ => "unknown",
                 },
                 region: event.cloud_region.as_deref(),

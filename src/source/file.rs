@@ -116,11 +116,21 @@ impl RecordReader {
             Some(b'[') => {
                 let mut all = Vec::new();
                 reader.read_to_end(&mut all).map_err(read_err)?;
-                progress.inc(all.len() as u64);
                 match serde_json::from_slice::<Vec<Box<RawValue>>>(&all) {
-                    Ok(items) => Shape::Items(items.into_iter()),
+                    Ok(items) => {
+                        progress.inc(all.len() as u64);
+                        Shape::Items(items.into_iter())
+                    }
+                    // Envoy text lines (`[2026-…] "GET …`) are read line by line.
+                    Err(_) if crate::decode::envoy_text::looks_like_line(&all) => {
+                        reader = Box::new(std::io::Cursor::new(all));
+                        Shape::Lines { pending: None }
+                    }
                     // Not a valid array: the whole input is one (bad) record, dead-lettered as such.
-                    Err(_) => Shape::Whole(Some(all)),
+                    Err(_) => {
+                        progress.inc(all.len() as u64);
+                        Shape::Whole(Some(all))
+                    }
                 }
             }
             Some(b'{') => {

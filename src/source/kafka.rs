@@ -59,6 +59,9 @@ pub enum SourceError {
     State(#[from] StateError),
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    /// A topic's layout did not parse (settings validation refuses it first).
+    #[error("kafka.topics[].layout: {0}")]
+    Layout(#[from] crate::decode::LayoutError),
 }
 
 /// Where and how often detector state is snapshotted.
@@ -555,12 +558,10 @@ impl KafkaSource {
                 .topics
                 .iter()
                 .map(|t| {
-                    let options = DecodeOptions {
-                        mapping: t.mapping.clone(),
-                    };
-                    (t.name.clone(), (t.format, options))
+                    let options = t.decode_options()?;
+                    Ok::<_, SourceError>((t.name.clone(), (t.format, options)))
                 })
-                .collect(),
+                .collect::<Result<_, SourceError>>()?,
         );
         Ok(KafkaSource {
             consumer,

@@ -51,6 +51,8 @@ fn samples() -> Vec<(Format, Vec<u8>)> {
         (Format::Kong, "kong/documented.ndjson"),
         (Format::Envoy, "envoy/documented.ndjson"),
         (Format::Squid, "squid/documented.log"),
+        (Format::AzureKeyvault, "azure_keyvault/documented.ndjson"),
+        (Format::EnvoyText, "envoy/documented_text.log"),
     ];
     let mut out = Vec::new();
     for (format, path) in files {

@@ -4,6 +4,8 @@ use std::process::Command;
 
 use crate::support::fixture;
 
+mod layouts;
+
 fn appwarden() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_appwarden"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));

@@ -16,6 +16,8 @@ use appwarden::identity::{Registry, RegistryHandle};
 use appwarden::pipeline::Pipeline;
 use appwarden::telemetry::Stats;
 
+mod key_vault;
+
 fn engine_settings(shards: usize) -> EngineSettings {
     EngineSettings {
         detectors_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/detectors")),

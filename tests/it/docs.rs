@@ -87,12 +87,32 @@ fn format_examples_decode_as_their_format() {
             "entra",
             "cloudtrail",
             "vault",
+            "azure_keyvault",
             "kong",
+            "envoy",
             "envoy",
             "squid",
             "generic"
         ]
     );
+}
+
+#[test]
+fn layout_example_loads_and_reads_its_lines() {
+    let toml = block_after(&page("docs/formats.md"), "### Line layouts").join("\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("user.toml");
+    std::fs::write(&path, &toml).expect("write");
+    let (settings, _) = appwarden::settings::Settings::load_with_env(Some(&path), Vec::new())
+        .expect("the docs' layout example is valid settings");
+    let topic = settings.topic("proxy.access").expect("the example's topic");
+    assert_eq!(topic.format, Format::Squid);
+    let options = topic.decode_options().expect("layout parses");
+    let line = "1795857187.123     95 10.20.7.17 TCP_MISS/200 5120 GET http://pypi.org/simple/ - HIER_DIRECT/151.101.0.223 text/html \"pip/24.0\" 203.0.113.9";
+    let mut out = Vec::new();
+    decode::decode(Format::Squid, line.as_bytes(), &options, &mut out).expect("decodes");
+    assert_eq!(out[0].dst_host.as_deref(), Some("pypi.org"));
+    assert_eq!(out[0].actor.refs[1].value, "203.0.113.9");
 }
 
 #[test]

@@ -137,6 +137,7 @@ pub(crate) fn harness(
         name: topic_names[suffix].clone(),
         format,
         mapping: None,
+        layout: None,
     };
     let mut generic = topic("generic", Format::Generic);
     generic.mapping = Some(FieldMapping {
@@ -147,11 +148,15 @@ pub(crate) fn harness(
         principal_kind_value: Some(PrincipalKind::OauthClient),
         ..FieldMapping::default()
     });
+    // The squid topic names its layout (Squid's native one, as a preset): the topic's
+    // layout reaches the decoder and reads the line as the native decoder would.
+    let mut squid = topic("squid", Format::Squid);
+    squid.layout = Some("squid".into());
     settings.kafka.topics = vec![
         topic("sso", Format::Auto),
         topic("secrets", Format::Auto),
         topic("gateway", Format::Auto),
-        topic("squid", Format::Squid),
+        squid,
         generic,
     ];
     let events_path = dir.path().join("out/events.ndjson");

@@ -131,18 +131,18 @@ struct State {
     events: u64,
     /// Products seen, one bit per [`Product::ALL`] entry; saved as names.
     #[serde(
-        skip_serializing_if = "is_zero_u8",
+        skip_serializing_if = "is_zero_u16",
         serialize_with = "ser_products",
         deserialize_with = "de_products"
     )]
-    products: u8,
+    products: u16,
     /// Categories seen, one bit per [`Category::ALL`] entry; saved as names.
     #[serde(
-        skip_serializing_if = "is_zero_u8",
+        skip_serializing_if = "is_zero_u16",
         serialize_with = "ser_categories",
         deserialize_with = "de_categories"
     )]
-    categories: u8,
+    categories: u16,
     /// Event time of the last `acting` finding.
     #[serde(skip_serializing_if = "Option::is_none")]
     last_acting: Option<DateTime<Utc>>,
@@ -158,35 +158,38 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-fn is_zero_u8(n: &u8) -> bool {
+fn is_zero_u16(n: &u16) -> bool {
     *n == 0
 }
 
-fn bit_of<T: PartialEq>(all: &[T], value: &T) -> u8 {
-    all.iter().position(|x| x == value).map_or(0, |i| 1u8 << i)
+// One bit per entry of an `ALL` list; more than 16 products or categories need a wider mask.
+const _: () = assert!(Product::ALL.len() <= 16 && Category::ALL.len() <= 16);
+
+fn bit_of<T: PartialEq>(all: &[T], value: &T) -> u16 {
+    all.iter().position(|x| x == value).map_or(0, |i| 1u16 << i)
 }
 
-fn members<T: Copy>(all: &[T], bits: u8) -> impl Iterator<Item = T> + '_ {
+fn members<T: Copy>(all: &[T], bits: u16) -> impl Iterator<Item = T> + '_ {
     all.iter()
         .enumerate()
-        .filter(move |(i, _)| bits & (1u8 << i) != 0)
+        .filter(move |(i, _)| bits & (1u16 << i) != 0)
         .map(|(_, x)| *x)
 }
 
-fn ser_products<S: Serializer>(bits: &u8, s: S) -> Result<S::Ok, S::Error> {
+fn ser_products<S: Serializer>(bits: &u16, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(members(&Product::ALL, *bits))
 }
 
-fn de_products<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+fn de_products<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     let list = Vec::<Product>::deserialize(d)?;
     Ok(list.iter().fold(0, |b, p| b | bit_of(&Product::ALL, p)))
 }
 
-fn ser_categories<S: Serializer>(bits: &u8, s: S) -> Result<S::Ok, S::Error> {
+fn ser_categories<S: Serializer>(bits: &u16, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(members(&Category::ALL, *bits))
 }
 
-fn de_categories<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+fn de_categories<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     let list = Vec::<Category>::deserialize(d)?;
     Ok(list.iter().fold(0, |b, c| b | bit_of(&Category::ALL, c)))
 }
