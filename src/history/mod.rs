@@ -236,6 +236,7 @@ impl HistoryWriter {
         clock: Clock,
     ) -> Result<HistoryWriter, HistoryError> {
         let store = Store::open(&settings.path, &settings.s3())?;
+        store.remove_stale_staging();
         let level = ZstdLevel::try_new(settings.zstd_level)
             .map_err(|e| HistoryError::Config(format!("history.zstd_level: {e}")))?;
         let stats = Arc::new(HistoryStats::default());

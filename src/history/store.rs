@@ -5,7 +5,8 @@
 //! store PUT is atomic by itself. Every folder a local write creates is
 //! synced into its parent, so a file renamed into a new partition folder is
 //! still there after a power loss; a temporary file a crash left in
-//! `.staging/` is removed the next time the root is opened.
+//! `.staging/` is removed when the next history writer starts (readers leave
+//! `.staging/` alone).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -84,8 +85,15 @@ impl Store {
         let path = path
             .canonicalize()
             .map_err(|e| HistoryError::io(&path, e))?;
-        remove_stale_staging(&path.join(".staging"), SystemTime::now());
         Ok(Store::Local(path))
+    }
+
+    /// Removes what a crashed writer left in a local root's `.staging/` (the
+    /// history writer calls it once as it starts, before writing anything).
+    pub fn remove_stale_staging(&self) {
+        if let Store::Local(root) = self {
+            remove_stale_staging(&root.join(".staging"), SystemTime::now());
+        }
     }
 
     /// The URL of a table folder, for DataFusion (`file:///…/events/` or `s3://bucket/prefix/events/`).
@@ -317,24 +325,24 @@ mod tests {
     }
 
     #[test]
-    fn a_temporary_file_a_crash_left_is_removed_at_open_and_a_fresh_one_kept() {
+    fn a_temporary_file_a_crash_left_is_removed_and_a_fresh_one_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let staging = dir.path().join(".staging");
         std::fs::create_dir_all(&staging).expect("staging");
-        std::fs::write(staging.join("left.parquet.tmp"), b"half").expect("write");
-        remove_stale_staging(&staging, SystemTime::now());
-        assert!(
-            staging.join("left.parquet.tmp").exists(),
-            "a fresh one may be in use"
-        );
-        remove_stale_staging(&staging, SystemTime::now() + STALE_STAGING * 2);
-        assert!(
-            !staging.join("left.parquet.tmp").exists(),
-            "a stale one is removed"
-        );
-        std::fs::write(staging.join("other.tmp"), b"x").expect("write");
+        let left = staging.join("left.parquet.tmp");
+        std::fs::write(&left, b"half").expect("write");
+        // Ages are measured from the file's own time, not the test's clock.
+        let written = std::fs::metadata(&left)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        remove_stale_staging(&staging, written + STALE_STAGING / 2);
+        assert!(left.exists(), "a fresh one may be in use");
+        remove_stale_staging(&staging, written + STALE_STAGING * 2);
+        assert!(!left.exists(), "a stale one is removed");
+        // Opening the root to read it leaves .staging alone.
+        std::fs::write(&left, b"half").expect("write");
         Store::open(dir.path().to_str().expect("utf-8"), &S3Options::default()).expect("open");
-        assert!(staging.join("other.tmp").exists());
+        assert!(left.exists());
     }
 
     #[test]
