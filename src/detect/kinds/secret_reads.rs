@@ -382,20 +382,18 @@ fn close(
     let distinct = open.secrets.len() as u32;
     // Secrets the identity never read in an earlier bucket: a thief reads other
     // apps' secrets, a rotation job reads the same set every night.
-    let new_distinct = open
+    // One pass over the known set per secret: the first reads of the new ones.
+    let never_read: Vec<DateTime<Utc>> = open
         .secrets
-        .keys()
-        .filter(|s| !knows(&state.known, s))
-        .count() as u32;
+        .iter()
+        .filter(|(s, _)| !knows(&state.known, s))
+        .map(|(_, first_read)| *first_read)
+        .collect();
+    let new_distinct = never_read.len() as u32;
     // Of those, the ones first read at or after the bucket's first listing.
-    let read_after_list = match open.listed_at {
-        Some(listed_at) => open
-            .secrets
-            .iter()
-            .filter(|(s, first_read)| **first_read >= listed_at && !knows(&state.known, s))
-            .count() as u32,
-        None => 0,
-    };
+    let read_after_list = open.listed_at.map_or(0, |listed_at| {
+        never_read.iter().filter(|t| **t >= listed_at).count() as u32
+    });
     let start = epoch(open.start);
     let end = epoch(open.start + p.bucket_secs as i64);
     let first_seen = epoch(state.first_seen.unwrap_or(open.start));
