@@ -452,6 +452,12 @@ pub struct SourceClock {
     pub key: String,
     /// The newest event times seen, ascending, at most [`CLOCK_QUORUM`].
     pub newest: Vec<DateTime<Utc>>,
+    /// The source says records wait there unread (a Kafka partition with lag): it
+    /// holds the watermark back, before its first record too, and is never taken
+    /// for idle however far behind the others it runs. Not saved: the source says
+    /// it again at every assignment.
+    #[serde(skip)]
+    pub backlog: bool,
 }
 
 impl SourceClock {
@@ -594,6 +600,34 @@ impl Engine {
             .retain(|clock| !source_matches(&clock.key, Some(&origin)));
     }
 
+    /// Says whether records wait unread in a partition this process reads: while
+    /// they do, the partition holds the watermark back (at no time at all until its
+    /// first record arrives) and is never taken for idle, so a backlog read in any
+    /// order across partitions gives no late events. A partition without a backlog
+    /// follows the usual rules: a quiet one falls idle once it is far behind.
+    pub fn set_backlog(&mut self, topic: &str, partition: i32, backlog: bool) {
+        let origin = Origin::Kafka {
+            topic: topic.to_string(),
+            partition,
+            offset: 0,
+        };
+        match self
+            .sources
+            .iter_mut()
+            .find(|clock| source_matches(&clock.key, Some(&origin)))
+        {
+            Some(clock) if clock.backlog == backlog => return,
+            Some(clock) => clock.backlog = backlog,
+            None if !backlog => return,
+            None => self.sources.push(SourceClock {
+                key: source_key(Some(&origin)),
+                newest: Vec::new(),
+                backlog,
+            }),
+        }
+        self.advance_watermark();
+    }
+
     /// Counts every file as part of one source: the caller merges its files by
     /// event time, so the watermark follows the merged stream, not the slowest file.
     pub fn read_files_as_one_stream(&mut self) {
@@ -618,7 +652,22 @@ impl Engine {
             None => self.sources.push(SourceClock {
                 key: source_key(origin),
                 newest: vec![event.time],
+                backlog: false,
             }),
+        }
+        self.advance_watermark();
+    }
+
+    /// Moves the watermark (never back) to the slowest active source's time, minus
+    /// the allowed lateness.
+    fn advance_watermark(&mut self) {
+        // A backlog not read from yet: its times are unknown, and may be the oldest.
+        if self
+            .sources
+            .iter()
+            .any(|c| c.backlog && c.newest.is_empty())
+        {
+            return;
         }
         let mut clocks: Vec<DateTime<Utc>> = self
             .sources
@@ -633,17 +682,16 @@ impl Engine {
         };
         let floor = minus(median, self.max_source_skew);
         // A source still short of a quorum holds the watermark back at its oldest
-        // record, but cannot push it (nor the median) forward.
-        let forming = self
+        // record, but cannot push it (nor the median) forward. A source with a
+        // backlog holds it however far behind it is.
+        let skew = self.max_source_skew;
+        let slowest = self
             .sources
             .iter()
-            .filter(|c| c.newest.len() < CLOCK_QUORUM)
-            .filter_map(|c| c.newest.first().copied());
-        let slowest = clocks
-            .iter()
-            .copied()
-            .chain(forming)
-            .filter(|t| *t >= floor)
+            .filter_map(|c| {
+                let time = c.time(skew).or_else(|| c.newest.first().copied())?;
+                (c.backlog || time >= floor).then_some(time)
+            })
             .min()
             .unwrap_or(median);
         let mark = minus(slowest, self.lateness);
@@ -793,6 +841,7 @@ impl Engine {
                 .map(|(key, t)| SourceClock {
                     key: key.clone(),
                     newest: vec![*t; CLOCK_QUORUM],
+                    backlog: false,
                 })
                 .collect()
         } else {
@@ -936,6 +985,41 @@ mod tests {
         let mut restored = Engine::start(&settings()).unwrap();
         restored.load(saved).await.unwrap();
         assert_eq!(restored.watermark(), engine.watermark());
+    }
+
+    #[tokio::test]
+    async fn a_partition_with_a_backlog_holds_the_watermark_before_its_first_record_and_far_behind()
+    {
+        let registry = Arc::new(Registry::default());
+        let mut engine = Engine::start(&settings()).unwrap();
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        engine.set_backlog("a", 0, true);
+        engine.set_backlog("a", 1, true);
+        // Partition 0 is read first, hours of it: partition 1 has said nothing yet.
+        let ahead: Vec<_> = (0..300).map(|m| event(m, "a", 0)).collect();
+        engine.process(&ahead, &registry).await.unwrap();
+        assert_eq!(engine.watermark(), None, "held by the unread partition 1");
+        // Partition 1 starts at the beginning, 5 hours behind: with a backlog it is
+        // not idle, so it holds the watermark and none of its records is late.
+        let behind: Vec<_> = (0..3).map(|m| event(m, "a", 1)).collect();
+        engine.process(&behind, &registry).await.unwrap();
+        assert_eq!(
+            engine.watermark(),
+            Some(t0 + Duration::minutes(2) - Duration::seconds(60))
+        );
+        assert_eq!(engine.stats().late_events.load(Ordering::Relaxed), 0);
+        // Caught up at its end, a quiet partition falls idle as before.
+        engine.set_backlog("a", 1, false);
+        assert_eq!(
+            engine.watermark(),
+            Some(t0 + Duration::minutes(299) - Duration::seconds(60))
+        );
+        // A partition without a backlog and no record holds nothing.
+        engine.set_backlog("a", 2, false);
+        assert_eq!(
+            engine.watermark(),
+            Some(t0 + Duration::minutes(299) - Duration::seconds(60))
+        );
     }
 
     #[tokio::test]

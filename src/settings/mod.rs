@@ -102,6 +102,10 @@ pub struct KafkaSettings {
     /// Longest a partial batch waits for more records before it is flushed.
     #[serde(default = "default_batch_linger_ms")]
     pub batch_linger_ms: u64,
+    /// How far (event time) a partition with a backlog may run ahead of the slowest
+    /// one before it is paused until the others catch up; 0 turns alignment off.
+    #[serde(default = "default_max_partition_lead_secs")]
+    pub max_partition_lead_secs: u64,
     /// Extra librdkafka properties, passed through as they are: `security.protocol`,
     /// `sasl.mechanisms`, `sasl.username`, `ssl.ca.location`, `auto.offset.reset`, …
     /// Secret values are refused here; put them in `secret_properties`.
@@ -240,6 +244,9 @@ fn default_batch_max_records() -> usize {
 }
 fn default_batch_linger_ms() -> u64 {
     5
+}
+fn default_max_partition_lead_secs() -> u64 {
+    21_600
 }
 
 /// librdkafka properties whose values are secrets and may not be written in clear
@@ -479,6 +486,13 @@ impl Settings {
         }
         if k.batch_linger_ms > 10_000 {
             return err("kafka.batch_linger_ms", "must be at most 10000".into());
+        }
+        // A windowed detector keeps a day of buckets open per identity.
+        if k.max_partition_lead_secs > 43_200 {
+            return err(
+                "kafka.max_partition_lead_secs",
+                "must be at most 43200 (12 hours; 0 turns alignment off)".into(),
+            );
         }
         for key in k
             .properties

@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::align::{Alignment, Backlog};
 use crate::decode::{DecodeOptions, Format};
 use crate::deliver::worker::{DeliverError, Delivery};
 use crate::detect::Engine;
@@ -163,6 +164,8 @@ pub struct SourceProgress {
     pub ever_assigned: AtomicBool,
     /// Batches whose outputs were acknowledged (offsets stored, or waiting for the history flush).
     pub batches_committed: AtomicI64,
+    /// Partitions paused by watermark alignment (ahead of the slowest with a backlog).
+    pub paused_partitions: AtomicI64,
     /// Records read per input topic, with the topic's configured format.
     pub consumed: Vec<TopicCounter>,
     /// From librdkafka's statistics (every `statistics.interval.ms`).
@@ -188,6 +191,32 @@ pub struct ClientView {
     pub brokers_known: usize,
     /// Messages behind the high watermark, per assigned (topic, partition).
     pub lag: Vec<(String, i32, i64)>,
+    /// Whether records wait unread past what the application has read, per
+    /// partition: what watermark alignment needs (the lag above counts from the
+    /// committed offset, which trails the records read).
+    pub backlog: Vec<(String, i32, Backlog)>,
+}
+
+/// A partition's backlog from its statistics: the high watermark against the
+/// next record the application reads (or, before its first, the next fetched).
+fn partition_backlog(p: &rdkafka::statistics::Partition) -> Backlog {
+    if p.hi_offset < 0 {
+        return Backlog::Unknown;
+    }
+    let position = if p.app_offset >= 0 {
+        p.app_offset
+    } else if p.fetchq_cnt > 0 {
+        return Backlog::Behind;
+    } else if p.next_offset >= 0 {
+        p.next_offset
+    } else {
+        return Backlog::Unknown;
+    };
+    if p.hi_offset > position {
+        Backlog::Behind
+    } else {
+        Backlog::CaughtUp
+    }
 }
 
 impl SourceProgress {
@@ -215,14 +244,36 @@ pub struct GroupContext {
     resume: std::sync::Mutex<HashMap<(String, i32), i64>>,
     /// Partitions taken away since the consume loop last looked.
     revoked: std::sync::Mutex<Vec<(String, i32)>>,
+    /// Partitions handed to this process since the consume loop last looked.
+    assigned: std::sync::Mutex<Vec<(String, i32)>>,
+}
+
+fn take_all(list: &std::sync::Mutex<Vec<(String, i32)>>) -> Vec<(String, i32)> {
+    match list.lock() {
+        Ok(mut guard) => std::mem::take(&mut *guard),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    }
+}
+
+fn push_all(list: &std::sync::Mutex<Vec<(String, i32)>>, tpl: &TopicPartitionList) {
+    let partitions: Vec<(String, i32)> = tpl
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect();
+    match list.lock() {
+        Ok(mut guard) => guard.extend(partitions),
+        Err(poisoned) => poisoned.into_inner().extend(partitions),
+    }
 }
 
 impl GroupContext {
     fn take_revoked(&self) -> Vec<(String, i32)> {
-        match self.revoked.lock() {
-            Ok(mut guard) => std::mem::take(&mut *guard),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        }
+        take_all(&self.revoked)
+    }
+
+    fn take_assigned(&self) -> Vec<(String, i32)> {
+        take_all(&self.assigned)
     }
 }
 
@@ -250,11 +301,23 @@ impl ClientContext for GroupContext {
             })
             .collect();
         lag.sort();
+        let backlog: Vec<(String, i32, Backlog)> = statistics
+            .topics
+            .iter()
+            .flat_map(|(name, topic)| {
+                topic
+                    .partitions
+                    .values()
+                    .filter(|p| p.partition >= 0)
+                    .map(move |p| (name.clone(), p.partition, partition_backlog(p)))
+            })
+            .collect();
         let view = ClientView {
             updated: Some(Instant::now()),
             brokers_up: up,
             brokers_known: known,
             lag,
+            backlog,
         };
         match self.progress.client.lock() {
             Ok(mut guard) => *guard = view,
@@ -322,6 +385,8 @@ impl ConsumerContext for GroupContext {
                 };
                 if let Err(error) = result {
                     tracing::error!(%error, "assigning partitions");
+                } else {
+                    push_all(&self.assigned, tpl);
                 }
                 if resumed.count() > 0 {
                     // Make the group's committed offsets match the restored state, so a
@@ -333,14 +398,12 @@ impl ConsumerContext for GroupContext {
                 self.post_rebalance(consumer, &Rebalance::Assign(tpl));
             }
             E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let taken: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                match self.revoked.lock() {
-                    Ok(mut guard) => guard.extend(taken),
-                    Err(poisoned) => poisoned.into_inner().extend(taken),
+                push_all(&self.revoked, tpl);
+                // librdkafka keeps a partition's pause across assignments: one paused
+                // by alignment must not come back paused (resuming one that is not
+                // paused does nothing).
+                if let Err(error) = consumer.resume(tpl) {
+                    tracing::warn!(%error, "resuming revoked partitions");
                 }
                 self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
                 let result = if cooperative {
@@ -489,6 +552,10 @@ struct RunState {
     snapshots: Option<SnapshotPolicy>,
     /// Whether a batch was sealed since the last snapshot.
     unsaved: bool,
+    /// Event-time progress per partition, for watermark alignment.
+    alignment: Alignment,
+    /// When the statistics alignment last took the backlog from were written.
+    backlog_seen: Option<Instant>,
 }
 
 impl RunState {
@@ -518,9 +585,14 @@ impl RunState {
         }
         for (topic, partition) in revoked {
             engine.forget_source(topic, *partition);
+            self.alignment.revoke(topic, *partition);
         }
     }
 }
+
+/// How often an idle consumer looks again at alignment while a backlog is not
+/// known yet or a partition is paused.
+const ALIGN_TICK: Duration = Duration::from_millis(250);
 
 pub struct KafkaSource {
     consumer: StreamConsumer<GroupContext>,
@@ -528,6 +600,7 @@ pub struct KafkaSource {
     topics: TopicFormats,
     batch_max_records: usize,
     batch_linger: Duration,
+    max_partition_lead_secs: u64,
     progress: Arc<SourceProgress>,
 }
 
@@ -551,6 +624,7 @@ impl KafkaSource {
                 progress: progress.clone(),
                 resume: std::sync::Mutex::new(HashMap::new()),
                 revoked: std::sync::Mutex::new(Vec::new()),
+                assigned: std::sync::Mutex::new(Vec::new()),
             })
             .map_err(|error| redacted(error, &config))?;
         let topics = TopicFormats(
@@ -569,6 +643,7 @@ impl KafkaSource {
             topics,
             batch_max_records: settings.batch_max_records,
             batch_linger: Duration::from_millis(settings.batch_linger_ms),
+            max_partition_lead_secs: settings.max_partition_lead_secs,
             progress,
         })
     }
@@ -612,6 +687,8 @@ impl KafkaSource {
             batch_deadline: None,
             snapshots: snapshots.clone(),
             unsaved: false,
+            alignment: Alignment::new(self.max_partition_lead_secs),
+            backlog_seen: None,
         };
         let result = self
             .consume(pipeline, outputs, engine, delivery, &mut run, shutdown)
@@ -623,6 +700,48 @@ impl KafkaSource {
                 .await?;
         }
         result
+    }
+
+    /// Tells the engine which partitions hold the watermark back (from librdkafka's
+    /// latest word on their backlogs) and pauses or resumes partitions to keep
+    /// those with a backlog within the lead of each other.
+    fn align(&self, engine: &mut Engine, run: &mut RunState) {
+        let now = Instant::now();
+        let view = self.progress.client_view();
+        if view.updated.is_some() && view.updated != run.backlog_seen {
+            run.backlog_seen = view.updated;
+            for (topic, partition, backlog) in &view.backlog {
+                run.alignment.set_backlog(topic, *partition, *backlog);
+            }
+        }
+        for (topic, partition, holds) in run.alignment.holding(now) {
+            engine.set_backlog(topic, partition, holds);
+        }
+        let plan = run.alignment.plan(now);
+        for (topic, partition) in &plan.pause {
+            self.pause_or_resume(topic, *partition, true);
+        }
+        for (topic, partition) in &plan.resume {
+            self.pause_or_resume(topic, *partition, false);
+        }
+        self.progress
+            .paused_partitions
+            .store(run.alignment.paused() as i64, Ordering::Relaxed);
+    }
+
+    fn pause_or_resume(&self, topic: &str, partition: i32, pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let result = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        match result {
+            Ok(()) => tracing::debug!(topic, partition, pause, "watermark alignment"),
+            // Revoked meanwhile: the next assignment starts it unpaused.
+            Err(error) => tracing::debug!(%error, topic, partition, pause, "watermark alignment"),
+        }
     }
 
     /// Stores offsets (the next owner or restart resumes after them) and notes the position.
@@ -825,6 +944,10 @@ impl KafkaSource {
                     run.unsaved = false;
                     continue;
                 }
+                _ = tokio::time::sleep(ALIGN_TICK), if run.alignment.unsettled() => {
+                    self.align(engine, run);
+                    continue;
+                }
                 // Idle with history rows buffered: write them when they fall due.
                 _ = tokio::time::sleep_until(history_deadline.unwrap_or_else(tokio::time::Instant::now)), if history_deadline.is_some() => {
                     self.start_history_flush(outputs, run)?;
@@ -839,6 +962,15 @@ impl KafkaSource {
             let revoked = self.consumer.context().take_revoked();
             if !revoked.is_empty() {
                 run.drop_partitions(&revoked, engine);
+            }
+            let assigned = self.consumer.context().take_assigned();
+            if !assigned.is_empty() {
+                let now = Instant::now();
+                for (topic, partition) in &assigned {
+                    run.alignment.assign(topic, *partition, now);
+                    // Held until librdkafka says whether records wait there.
+                    engine.set_backlog(topic, *partition, true);
+                }
             }
             let message = match next {
                 None => break,
@@ -881,7 +1013,18 @@ impl KafkaSource {
                 origin,
                 &mut events,
             ) {
-                Ok(_) => run.events.extend(events.drain(..).map(Arc::new)),
+                Ok(_) => {
+                    let now = Instant::now();
+                    for event in &events {
+                        if run
+                            .alignment
+                            .note(topic, message.partition(), event.time, now)
+                        {
+                            self.pause_or_resume(topic, message.partition(), true);
+                        }
+                    }
+                    run.events.extend(events.drain(..).map(Arc::new));
+                }
                 Err(letter) => outputs.dead_letter(&letter).await?,
             }
             if run.batch.records == 0 {
@@ -946,6 +1089,7 @@ impl KafkaSource {
         if run.batch.records == 0 {
             return Ok(());
         }
+        self.align(engine, run);
         let registry = pipeline.registry();
         let processed = engine.process_flagged(&run.events, &registry).await?;
         let mut alerts = processed.alerts;

@@ -1,4 +1,5 @@
 //! Sources: where records come from — Kafka topics (`run`, `demo`) or files (`replay`).
 
+pub mod align;
 pub mod file;
 pub mod kafka;

@@ -16,6 +16,7 @@ use appwarden::identity::{Registry, RegistryHandle};
 use appwarden::pipeline::Pipeline;
 use appwarden::telemetry::Stats;
 
+mod kafka_backlog;
 mod key_vault;
 
 fn engine_settings(shards: usize) -> EngineSettings {
@@ -228,7 +229,7 @@ async fn restart_from_a_snapshot_gives_the_same_alerts() {
 
 /// Replays `inputs` with the binary (registry `registry`); returns each alert's
 /// identifying fields, sorted, and the alerts as JSON.
-fn replay_alerts(
+pub(crate) fn replay_alerts(
     registry: &std::path::Path,
     inputs: &[PathBuf],
 ) -> (Vec<String>, Vec<serde_json::Value>) {
@@ -324,23 +325,23 @@ fn one_export_per_source_in_any_order_gives_the_alerts_of_one_time_ordered_file(
 }
 
 /// What a run's alerts score against the incidents a world injected.
-struct Score {
-    incidents: usize,
-    missed: Vec<String>,
-    alerts: usize,
-    false_alerts: Vec<String>,
-    identity_days: f64,
-    by_detector: BTreeMap<String, (usize, usize)>,
+pub(crate) struct Score {
+    pub(crate) incidents: usize,
+    pub(crate) missed: Vec<String>,
+    pub(crate) alerts: usize,
+    pub(crate) false_alerts: Vec<String>,
+    pub(crate) identity_days: f64,
+    pub(crate) by_detector: BTreeMap<String, (usize, usize)>,
 }
 
 impl Score {
-    fn recall(&self) -> f64 {
+    pub(crate) fn recall(&self) -> f64 {
         1.0 - self.missed.len() as f64 / self.incidents.max(1) as f64
     }
-    fn precision(&self) -> f64 {
+    pub(crate) fn precision(&self) -> f64 {
         1.0 - self.false_alerts.len() as f64 / self.alerts.max(1) as f64
     }
-    fn false_per_100_identity_days(&self) -> f64 {
+    pub(crate) fn false_per_100_identity_days(&self) -> f64 {
         100.0 * self.false_alerts.len() as f64 / self.identity_days
     }
 }
@@ -348,7 +349,7 @@ impl Score {
 /// Scores alerts (as the binary writes them): an alert is true when it names an
 /// incident's identity within an hour of the incident, false otherwise; an
 /// incident is caught when its detector alerts on its identity.
-fn score(world: &World, alerts: &[serde_json::Value], days: f64) -> Score {
+pub(crate) fn score(world: &World, alerts: &[serde_json::Value], days: f64) -> Score {
     let field = |a: &serde_json::Value, k: &str| a[k].as_str().unwrap_or("").to_string();
     let time = |a: &serde_json::Value, k: &str| {
         chrono::DateTime::parse_from_rfc3339(a[k].as_str().unwrap_or(""))
@@ -418,20 +419,15 @@ fn score(world: &World, alerts: &[serde_json::Value], days: f64) -> Score {
     }
 }
 
-/// Two weeks of a real organisation's traffic, exported one file per source:
-/// 30 apps, 150 employees signing in during office hours, a nightly secret
-/// rotation job reading other apps' secrets, a nightly batch burst, a weekly
-/// report, an app in two allowed regions at once, a new subdomain of a domain
-/// in use by an app registered without an allowlist, 1 % growth a day, and
-/// three rounds of the five incidents. The figures are printed
-/// (`cargo test --test it realistic -- --nocapture`) and in docs/detectors.md.
-#[test]
-fn a_realistic_organisation_over_two_weeks_gives_its_incidents_and_almost_nothing_else() {
-    let days = 14;
+/// The days [`realistic_world`] spans.
+pub(crate) const REALISTIC_DAYS: u32 = 14;
+
+/// Two weeks of a real organisation's traffic (see the test below).
+pub(crate) fn realistic_world() -> World {
     let world = World::new(WorldConfig {
         seed: 11,
         apps: 30,
-        hours: days * 24,
+        hours: REALISTIC_DAYS * 24,
         rate_scale: 0.6,
         malformed_ratio: 0.0005,
         incident_rounds: 3,
@@ -442,6 +438,20 @@ fn a_realistic_organisation_over_two_weeks_gives_its_incidents_and_almost_nothin
         ..WorldConfig::default()
     });
     assert!(world.has_habits());
+    world
+}
+
+/// Two weeks of a real organisation's traffic, exported one file per source:
+/// 30 apps, 150 employees signing in during office hours, a nightly secret
+/// rotation job reading other apps' secrets, a nightly batch burst, a weekly
+/// report, an app in two allowed regions at once, a new subdomain of a domain
+/// in use by an app registered without an allowlist, 1 % growth a day, and
+/// three rounds of the five incidents. The figures are printed
+/// (`cargo test --test it realistic -- --nocapture`) and in docs/detectors.md.
+#[test]
+fn a_realistic_organisation_over_two_weeks_gives_its_incidents_and_almost_nothing_else() {
+    let days = REALISTIC_DAYS;
+    let world = realistic_world();
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = dir.path().join("registry.yaml");
     std::fs::write(&registry, world.registry_yaml()).expect("registry");

@@ -207,6 +207,9 @@ pub(crate) async fn produce(
         .set("linger.ms", "20")
         // Records up to the daemon's default input limit (1 MiB) and past it.
         .set("message.max.bytes", "4194304")
+        // A whole generated backlog may be in flight at once.
+        .set("queue.buffering.max.messages", "2000000")
+        .set("queue.buffering.max.kbytes", "2097151")
         .create()
         .expect("producer");
     let mut deliveries = Vec::with_capacity(records.len());
@@ -226,7 +229,7 @@ pub(crate) async fn produce(
     coordinates
 }
 
-fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+pub(crate) fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
     match std::fs::read_to_string(path) {
         Ok(text) => text
             .lines()
@@ -238,12 +241,21 @@ fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
 
 /// Runs the daemon until it has processed `expected` records in total, then stops it.
 async fn run_daemon_until(settings: &Settings, expected: u64) -> Arc<Stats> {
+    run_daemon_until_within(settings, expected, Duration::from_secs(90)).await
+}
+
+/// [`run_daemon_until`], waiting at most `limit`.
+pub(crate) async fn run_daemon_until_within(
+    settings: &Settings,
+    expected: u64,
+    limit: Duration,
+) -> Arc<Stats> {
     let stats = Arc::new(Stats::default());
     let daemon = Daemon::build(settings, stats.clone()).expect("daemon builds");
     let progress = daemon.progress();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon.run(shutdown.clone()));
-    let done = wait_until(Duration::from_secs(90), || {
+    let done = wait_until(limit, || {
         task.is_finished()
             || stats.snapshot().records >= expected
                 && progress

@@ -27,6 +27,7 @@ fn observed(outbox: Option<PathBuf>) -> Arc<Observed> {
             brokers_up: 1,
             brokers_known: 1,
             lag: Vec::new(),
+            backlog: Vec::new(),
         };
     }
     Arc::new(Observed::new(
