@@ -214,7 +214,13 @@ pub(crate) async fn produce(
         .expect("producer");
     let mut deliveries = Vec::with_capacity(records.len());
     for (i, (topic, payload)) in records.iter().enumerate() {
-        let key = format!("k{}", i % 16);
+        // Sixteen keys, or as many as there are records for a long backlog (the mock
+        // cluster keeps about 5 MB a partition: the keys must spread over all of them).
+        let key = if records.len() > 100_000 {
+            format!("k{i}")
+        } else {
+            format!("k{}", i % 16)
+        };
         let delivery = producer
             .send_result(FutureRecord::to(topic).key(&key).payload(payload))
             .map_err(|(e, _)| e)
