@@ -811,7 +811,7 @@ async fn daemon_killed_mid_stream_restarts_without_loss_or_duplicate_flood() {
 
     let restarted = Instant::now();
     let mut second = setup.spawn_daemon(2);
-    let ready_after = within(Duration::from_secs(120), async || {
+    let ready_after = within(Duration::from_secs(300), async || {
         http_status(&client, &setup.url("/readyz")).await == Some(200)
     })
     .await;
