@@ -288,30 +288,18 @@ impl ClientContext for GroupContext {
                 up += 1;
             }
         }
-        let mut lag: Vec<(String, i32, i64)> = statistics
-            .topics
-            .iter()
-            .flat_map(|(name, topic)| {
-                topic
-                    .partitions
-                    .values()
-                    // -1 is librdkafka's "unknown" (not consumed here); partition -1 is its internal UA.
-                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                    .map(move |p| (name.clone(), p.partition, p.consumer_lag))
-            })
-            .collect();
+        let (mut lag, mut backlog) = (Vec::new(), Vec::new());
+        for (name, topic) in &statistics.topics {
+            // Partition -1 is librdkafka's internal UA.
+            for p in topic.partitions.values().filter(|p| p.partition >= 0) {
+                // A lag of -1 is librdkafka's "unknown" (not consumed here).
+                if p.consumer_lag >= 0 {
+                    lag.push((name.clone(), p.partition, p.consumer_lag));
+                }
+                backlog.push((name.clone(), p.partition, partition_backlog(p)));
+            }
+        }
         lag.sort();
-        let backlog: Vec<(String, i32, Backlog)> = statistics
-            .topics
-            .iter()
-            .flat_map(|(name, topic)| {
-                topic
-                    .partitions
-                    .values()
-                    .filter(|p| p.partition >= 0)
-                    .map(move |p| (name.clone(), p.partition, partition_backlog(p)))
-            })
-            .collect();
         let view = ClientView {
             updated: Some(Instant::now()),
             brokers_up: up,

@@ -146,17 +146,7 @@ async fn a_cold_backlog_on_three_topics_gives_the_alerts_of_a_time_ordered_repla
             }
         );
     }
-    assert!(
-        s.missed.is_empty(),
-        "recall below 1.0: missed {:?}",
-        s.missed
-    );
-    assert!(s.precision() >= 0.95, "precision {:.3}", s.precision());
-    assert!(
-        s.false_per_100_identity_days() <= 0.25,
-        "{:.3} false alerts per 100 identity-days",
-        s.false_per_100_identity_days()
-    );
+    s.assert_targets();
     assert_eq!(
         from_kafka, from_replay,
         "the backlog gives the alerts of a time-ordered replay"
