@@ -215,6 +215,15 @@ pub fn sql_str(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// The investigation query's condition for a detector's category filter (empty: any category).
+pub fn categories_sql(categories: &[crate::event::Category]) -> String {
+    if categories.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = categories.iter().map(|c| sql_str(c.as_str())).collect();
+    format!("category IN ({})", names.join(","))
+}
+
 /// The history query behind an alert: the identity's events in the window, narrowed by `extra`.
 /// The `day` bounds let the query skip every other day's partitions.
 pub fn investigation_sql(

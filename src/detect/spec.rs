@@ -22,6 +22,7 @@ pub enum Kind {
     NewDomain,
     /// Tokens used from another region than issued, or outside the app's allowed regions.
     TokenRegion,
+    RoundTheClock,
 }
 
 impl Kind {
@@ -32,6 +33,7 @@ impl Kind {
             Kind::Unregistered => "unregistered",
             Kind::NewDomain => "new_domain",
             Kind::TokenRegion => "token_region",
+            Kind::RoundTheClock => "round_the_clock",
         }
     }
 }
@@ -157,7 +159,7 @@ impl DetectorSpec {
 }
 
 /// The default detectors, compiled in: the files of `detectors/` as shipped.
-pub const BUILTIN: [(&str, &str); 5] = [
+pub const BUILTIN: [(&str, &str); 6] = [
     (
         "call_spike.toml",
         include_str!("../../detectors/call_spike.toml"),
@@ -173,6 +175,10 @@ pub const BUILTIN: [(&str, &str); 5] = [
     (
         "off_region_token.toml",
         include_str!("../../detectors/off_region_token.toml"),
+    ),
+    (
+        "personal_credential_automation.toml",
+        include_str!("../../detectors/personal_credential_automation.toml"),
     ),
     (
         "unregistered_identity.toml",

@@ -97,7 +97,7 @@ pub struct SimApp {
     pub peak_calls_per_hour: f64,
 }
 
-/// The five incident kinds, named as the detectors that should catch them.
+/// The incident kinds, named as the detectors that should catch them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentKind {
@@ -106,15 +106,17 @@ pub enum IncidentKind {
     UnregisteredIdentity,
     NewEgressDomain,
     OffRegionToken,
+    PersonalCredentialAutomation,
 }
 
 impl IncidentKind {
-    pub const ALL: [IncidentKind; 5] = [
+    pub const ALL: [IncidentKind; 6] = [
         IncidentKind::CallSpike,
         IncidentKind::MassSecretRead,
         IncidentKind::UnregisteredIdentity,
         IncidentKind::NewEgressDomain,
         IncidentKind::OffRegionToken,
+        IncidentKind::PersonalCredentialAutomation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -124,6 +126,7 @@ impl IncidentKind {
             IncidentKind::UnregisteredIdentity => "unregistered_identity",
             IncidentKind::NewEgressDomain => "new_egress_domain",
             IncidentKind::OffRegionToken => "off_region_token",
+            IncidentKind::PersonalCredentialAutomation => "personal_credential_automation",
         }
     }
 }
@@ -137,6 +140,9 @@ pub struct Incident {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub description: String,
+    /// The period of a recurring incident (a script on a cron), in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_secs: Option<u64>,
 }
 
 /// Parameters of a generated world.
@@ -152,16 +158,19 @@ pub struct WorldConfig {
     pub rate_scale: f64,
     /// Share of records deliberately malformed.
     pub malformed_ratio: f64,
-    /// Whether to inject the five incidents.
+    /// Whether to inject the incidents: the five of the apps, and with employees
+    /// and rounds of at least 30 hours a script on an employee's personal key.
     pub incidents: bool,
-    /// How many times the five incidents are injected (each round on other apps).
+    /// How many times the incidents are injected (each round on other apps).
     pub incident_rounds: u32,
     /// Employees signing in to SSO apps during office hours (people, not apps).
     pub employees: usize,
     /// The benign habits of a real organisation (with at least 24 apps): a nightly
     /// secret-rotation job reading other apps' secrets, a nightly batch burst, a
     /// weekly report, an app running in two allowed regions at once, and an app
-    /// that starts calling a new subdomain of a domain it uses.
+    /// that starts calling a new subdomain of a domain it uses; with employees,
+    /// an engineer on call every night of the second week and at work until
+    /// late, and an engineer using the AWS CLI with a personal key all day.
     pub habits: bool,
     /// Organic growth: every app's rate grows by this fraction per simulated day.
     pub growth_per_day: f64,
@@ -233,6 +242,14 @@ pub const NIGHTLY_BATCH_APP: usize = 2;
 pub const WEEKLY_REPORT_APP: usize = 7;
 pub const TWO_REGION_APP: usize = 10;
 pub const NEW_SUBDOMAIN_APP: usize = 19;
+/// Which employees carry the people's habits.
+pub const ON_CALL_EMPLOYEE: usize = 3;
+pub const CLI_EMPLOYEE: usize = 5;
+
+/// The IAM user of employee `i` (a person's long-lived access key).
+pub fn employee_iam_user(i: usize) -> String {
+    format!("arn:aws:iam::111122220000:user/employee{i:03}")
+}
 
 /// A generated world: apps, the registry that describes them, and incidents.
 #[derive(Debug, Clone)]
@@ -385,6 +402,26 @@ impl World {
             let domain = format!("eu.{}", app.domains[0]);
             out.push(w.gateway_call(app, t0 + jitter(rng), &domain, &app.consumer, &app.ip));
         }
+        if self.config.employees > CLI_EMPLOYEE.max(ON_CALL_EMPLOYEE) {
+            let home = ["US", "IE", "DE"];
+            // The second week, on call: paged two or three times a night (00:00-07:00)
+            // and at work until 22:00.
+            let on_call = format!("employee{ON_CALL_EMPLOYEE:03}@example.com");
+            let paged = hour < 7 && rng.below(160) == 0;
+            let late = (18..22).contains(&hour) && rng.below(20) == 0;
+            if day >= 7 && (paged || late) {
+                let ip = format!("198.51.100.{}", 1 + rng.below(250));
+                let country = home[ON_CALL_EMPLOYEE % 3];
+                out.push(w.person_sign_in(&on_call, t0 + jitter(rng), &ip, country));
+            }
+            // Weekdays 07:00-20:00: the AWS CLI with a personal access key, a few calls an hour.
+            let weekday = !matches!(t0.weekday(), chrono::Weekday::Sat | chrono::Weekday::Sun);
+            if weekday && (7..20).contains(&hour) && rng.below(15) == 0 {
+                let user = employee_iam_user(CLI_EMPLOYEE);
+                let ip = format!("198.51.100.{}", 1 + rng.below(250));
+                out.push(w.personal_key_call(&user, t0 + jitter(rng), &ip, "aws-cli/2.17.0"));
+            }
+        }
     }
 
     fn at(&self, fraction: f64) -> DateTime<Utc> {
@@ -423,6 +460,7 @@ impl World {
                         "{} calls its APIs 25x its usual rate for 15 minutes (a loop)",
                         spike_app.id
                     ),
+                    period_secs: None,
                 },
                 Incident {
                     kind: IncidentKind::MassSecretRead,
@@ -433,6 +471,7 @@ impl World {
                         "{} lists secrets, then reads 150 distinct secrets in 5 minutes",
                         mass_app.id
                     ),
+                    period_secs: None,
                 },
                 Incident {
                     kind: IncidentKind::UnregisteredIdentity,
@@ -443,6 +482,7 @@ impl World {
                         "OAuth client 0oa-{shadow}, missing from the registry, gets tokens and calls \
                          the gateway; an IAM user creates an access key outside onboarding"
                     ),
+                    period_secs: None,
                 },
                 Incident {
                     kind: IncidentKind::NewEgressDomain,
@@ -453,6 +493,7 @@ impl World {
                         "{} sends data to paste.exfil-drop.net, a domain it never called",
                         egress_app.id
                     ),
+                    period_secs: None,
                 },
                 Incident {
                     kind: IncidentKind::OffRegionToken,
@@ -463,8 +504,28 @@ impl World {
                         "credentials of {} issued in its home region are used from ap-southeast-2 / AU",
                         travelling.id
                     ),
+                    period_secs: None,
                 },
             ]);
+            // A script on an employee's personal access key: every 5, 15 or 30
+            // minutes (blatant, moderate, subtle) for 26 hours.
+            let round_hours = self.config.hours as usize / rounds;
+            let employee = 40 + 17 * r;
+            if self.config.employees > employee && round_hours >= 30 {
+                let start = at(0.05);
+                let every = [5, 15, 30][r % 3];
+                out.push(Incident {
+                    kind: IncidentKind::PersonalCredentialAutomation,
+                    identity: format!("role_arn:{}", employee_iam_user(employee)),
+                    start,
+                    end: start + Duration::hours(26),
+                    description: format!(
+                        "a script runs on employee{employee:03}'s personal IAM access key, \
+                         reading a secret about every {every} minutes around the clock"
+                    ),
+                    period_secs: Some(every * 60),
+                });
+            }
         }
         out
     }
@@ -704,6 +765,19 @@ impl World {
                     out.push(w.secret_read(app, t, secret, "ap-southeast-2", "203.0.113.50"));
                 }
             }
+            IncidentKind::PersonalCredentialAutomation => {
+                let Some(user) = incident.identity.strip_prefix("role_arn:") else {
+                    return;
+                };
+                let every_secs = incident.period_secs.unwrap_or(300).max(3);
+                let mut t = incident.start;
+                while t < incident.end {
+                    out.push(w.personal_key_call(user, t, "10.20.30.40", "Boto3/1.35.0"));
+                    // ± a third of the period: a cron with jitter and retries.
+                    let step = every_secs * 2 / 3 + rng.below(every_secs * 2 / 3);
+                    t += Duration::seconds(step as i64);
+                }
+            }
         }
     }
 }
@@ -762,6 +836,7 @@ mod tests {
         for family in Family::ALL {
             assert!(records.iter().any(|r| r.family == family), "{family:?}");
         }
+        // Three hours leave no room for a day-long script on a personal key.
         assert_eq!(world.incidents.len(), 5);
         assert!(records.windows(2).all(|w| w[0].time <= w[1].time));
         crate::identity::Registry::build(world.registry(), "generated").unwrap();

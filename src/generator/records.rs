@@ -367,6 +367,43 @@ impl RecordWriter {
         }
     }
 
+    /// A Secrets Manager read signed with an IAM user's long-lived access key (a person's credential).
+    pub fn personal_key_call(
+        &mut self,
+        user_arn: &str,
+        t: DateTime<Utc>,
+        ip: &str,
+        user_agent: &str,
+    ) -> GeneratedRecord {
+        let name = user_arn.rsplit('/').next().unwrap_or(user_arn);
+        let tag: String = name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect::<String>()
+            .to_ascii_uppercase();
+        let value = json!({
+            "eventVersion": "1.08",
+            "userIdentity": {"type": "IAMUser", "principalId": format!("AIDA{tag}"),
+                             "arn": user_arn, "accountId": "111122220000",
+                             "accessKeyId": format!("AKIA{tag:0<16}"), "userName": name},
+            "eventTime": t.to_rfc3339_opts(SecondsFormat::Secs, true),
+            "eventSource": "secretsmanager.amazonaws.com",
+            "eventName": "GetSecretValue",
+            "awsRegion": "us-east-1",
+            "sourceIPAddress": ip,
+            "userAgent": user_agent,
+            "requestParameters": {"secretId": "arn:aws:secretsmanager:us-east-1:111122220000:secret:team/reporting-db"},
+            "responseElements": null,
+            "eventID": self.uuid(),
+            "readOnly": true,
+            "eventType": "AwsApiCall",
+            "recipientAccountId": "111122220000",
+            "eventCategory": "Management",
+        });
+        record(Family::Secrets, t, name, &value)
+    }
+
     /// An IAM access key created by a principal that is not the onboarding flow.
     pub fn create_access_key(
         &mut self,

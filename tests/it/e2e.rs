@@ -828,7 +828,11 @@ async fn daemon_killed_mid_stream_restarts_without_loss_or_duplicate_flood() {
     .await;
     let caught_up = restarted.elapsed();
     terminate(&mut second, Duration::from_secs(30));
-    assert!(ready_after.is_some(), "ready again after the restart");
+    assert!(
+        ready_after.is_some(),
+        "ready again after the restart; log:\n{}",
+        setup.daemon_log(2)
+    );
     assert!(
         done.is_some(),
         "committed {} of {total}; log:\n{}",

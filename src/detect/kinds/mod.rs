@@ -3,6 +3,7 @@
 mod buckets;
 mod new_domain;
 mod rate_spike;
+mod round_the_clock;
 mod secret_reads;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -21,5 +22,6 @@ pub fn build(spec: &DetectorSpec, max_identities: usize) -> Result<Box<dyn Detec
         Kind::Unregistered => unregistered::build(spec, max_identities),
         Kind::NewDomain => new_domain::build(spec, max_identities),
         Kind::TokenRegion => token_region::build(spec, max_identities),
+        Kind::RoundTheClock => round_the_clock::build(spec, max_identities),
     }
 }

@@ -37,7 +37,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::buckets::{Bucket, OpenBuckets, keep_earliest};
-use crate::detect::alert::{EventRef, Evidence, Finding, sql_str};
+use crate::detect::alert::{EventRef, Evidence, Finding, categories_sql};
 use crate::detect::spec::{DetectorSpec, SpecError};
 use crate::detect::{Context, Detector, IdentityMap, StateStore};
 use crate::event::NormalizedEvent;
@@ -339,17 +339,7 @@ impl RateSpike {
     pub fn new(spec: &DetectorSpec, max_identities: usize) -> Result<Self, SpecError> {
         let p: Params = spec.params()?;
         p.validate(spec)?;
-        let sql_filter = if spec.filter.categories.is_empty() {
-            String::new()
-        } else {
-            let names: Vec<String> = spec
-                .filter
-                .categories
-                .iter()
-                .map(|c| sql_str(c.as_str()))
-                .collect();
-            format!("category IN ({})", names.join(","))
-        };
+        let sql_filter = categories_sql(&spec.filter.categories);
         Ok(RateSpike {
             p,
             sql_filter,
