@@ -25,6 +25,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("appwarden_oversized_outputs_total", "counter"),
     ("appwarden_kafka_assigned_partitions", "gauge"),
     ("appwarden_kafka_paused_partitions", "gauge"),
+    ("appwarden_kafka_group_rejoins_total", "counter"),
     ("appwarden_kafka_brokers_up", "gauge"),
     ("appwarden_kafka_batches_committed_total", "counter"),
     ("appwarden_kafka_consumer_lag", "gauge"),
@@ -220,6 +221,11 @@ pub fn render(observed: &Observed) -> String {
         "appwarden_kafka_paused_partitions",
         "Input partitions paused by watermark alignment (ahead of the slowest with a backlog).",
         progress.paused_partitions.load(Ordering::Relaxed) as f64,
+    );
+    x.one(
+        "appwarden_kafka_group_rejoins_total",
+        "Times this process left and rejoined its consumer group after a minute with no partition.",
+        progress.rejoins.load(Ordering::Relaxed) as f64,
     );
     let view = progress.client_view();
     x.one(

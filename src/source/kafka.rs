@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -162,6 +162,8 @@ pub struct SourceProgress {
     pub assigned_partitions: AtomicI64,
     /// Set once the group has assigned partitions at least once.
     pub ever_assigned: AtomicBool,
+    /// Times this process left and rejoined its group after an empty assignment.
+    pub rejoins: AtomicU64,
     /// Batches whose outputs were acknowledged (offsets stored, or waiting for the history flush).
     pub batches_committed: AtomicI64,
     /// Partitions paused by watermark alignment (ahead of the slowest with a backlog).
@@ -246,6 +248,8 @@ pub struct GroupContext {
     revoked: std::sync::Mutex<Vec<(String, i32)>>,
     /// Partitions handed to this process since the consume loop last looked.
     assigned: std::sync::Mutex<Vec<(String, i32)>>,
+    /// Since when the group has given this process no partition at all.
+    empty_since: std::sync::Mutex<Option<Instant>>,
 }
 
 fn take_all(list: &std::sync::Mutex<Vec<(String, i32)>>) -> Vec<(String, i32)> {
@@ -274,6 +278,20 @@ impl GroupContext {
 
     fn take_assigned(&self) -> Vec<(String, i32)> {
         take_all(&self.assigned)
+    }
+
+    fn set_empty_since(&self, since: Option<Instant>) {
+        match self.empty_since.lock() {
+            Ok(mut guard) => *guard = since,
+            Err(poisoned) => *poisoned.into_inner() = since,
+        }
+    }
+
+    fn empty_since(&self) -> Option<Instant> {
+        match self.empty_since.lock() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
     }
 }
 
@@ -431,6 +449,7 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(partitions = partitions.count(), "partitions assigned");
+                self.set_empty_since((partitions.count() == 0).then(Instant::now));
                 self.progress
                     .assigned_partitions
                     .store(partitions.count() as i64, Ordering::Relaxed);
@@ -581,6 +600,13 @@ impl RunState {
 /// How often an idle consumer looks again at alignment while a backlog is not
 /// known yet or a partition is paused.
 const ALIGN_TICK: Duration = Duration::from_millis(250);
+/// How long this process may sit in its group with no partition before it
+/// leaves and joins again. One process reads a group's partitions (see
+/// docs/scaling.md), so an empty assignment that lasts is a rebalance that
+/// went wrong: a broker that dropped a dead member without starting a new
+/// generation leaves the live one holding nothing (seen with tansu after a
+/// kill -9 and an immediate restart).
+const EMPTY_ASSIGNMENT_REJOIN: Duration = Duration::from_secs(60);
 
 pub struct KafkaSource {
     consumer: StreamConsumer<GroupContext>,
@@ -613,6 +639,7 @@ impl KafkaSource {
                 resume: std::sync::Mutex::new(HashMap::new()),
                 revoked: std::sync::Mutex::new(Vec::new()),
                 assigned: std::sync::Mutex::new(Vec::new()),
+                empty_since: std::sync::Mutex::new(None),
             })
             .map_err(|error| redacted(error, &config))?;
         let topics = TopicFormats(
@@ -906,6 +933,11 @@ impl KafkaSource {
                 .filter(|_| run.unsaved && run.batch_deadline.is_none())
                 .map(|p| p.interval.saturating_sub(run.last_snapshot.elapsed()));
             let batch_deadline = run.batch_deadline;
+            let rejoin_at = self
+                .consumer
+                .context()
+                .empty_since()
+                .map(|since| tokio::time::Instant::from_std(since + EMPTY_ASSIGNMENT_REJOIN));
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => None,
@@ -934,6 +966,10 @@ impl KafkaSource {
                 }
                 _ = tokio::time::sleep(ALIGN_TICK), if run.alignment.unsettled() => {
                     self.align(engine, run);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(rejoin_at.unwrap_or_else(tokio::time::Instant::now)), if rejoin_at.is_some() => {
+                    self.rejoin()?;
                     continue;
                 }
                 // Idle with history rows buffered: write them when they fall due.
@@ -1032,6 +1068,20 @@ impl KafkaSource {
             tracing::debug!(%error, "final commit (nothing new to commit is fine)");
         }
         tracing::info!("Kafka source stopped; offsets committed");
+        Ok(())
+    }
+
+    /// Leaves the group and joins it again, for a new generation and a new assignment.
+    fn rejoin(&self) -> Result<(), SourceError> {
+        tracing::warn!(
+            after_secs = EMPTY_ASSIGNMENT_REJOIN.as_secs(),
+            "the group has given this process no partition; leaving and joining it again"
+        );
+        self.consumer.context().set_empty_since(None);
+        self.consumer.unsubscribe();
+        let names: Vec<&str> = self.topic_names.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&names)?;
+        self.progress.rejoins.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
