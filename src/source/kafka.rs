@@ -607,6 +607,10 @@ const ALIGN_TICK: Duration = Duration::from_millis(250);
 /// generation leaves the live one holding nothing (seen with tansu after a
 /// kill -9 and an immediate restart).
 const EMPTY_ASSIGNMENT_REJOIN: Duration = Duration::from_secs(60);
+/// How often the consume loop looks for an empty assignment: the rebalance
+/// callback that hands one over runs inside `recv`, which returns only with a
+/// record, and a process with no partition receives none.
+const EMPTY_ASSIGNMENT_CHECK: Duration = Duration::from_secs(5);
 
 pub struct KafkaSource {
     consumer: StreamConsumer<GroupContext>,
@@ -933,11 +937,11 @@ impl KafkaSource {
                 .filter(|_| run.unsaved && run.batch_deadline.is_none())
                 .map(|p| p.interval.saturating_sub(run.last_snapshot.elapsed()));
             let batch_deadline = run.batch_deadline;
-            let rejoin_at = self
-                .consumer
-                .context()
-                .empty_since()
-                .map(|since| tokio::time::Instant::from_std(since + EMPTY_ASSIGNMENT_REJOIN));
+            let empty_since = self.consumer.context().empty_since();
+            let rejoin_check = tokio::time::Instant::from_std(match empty_since {
+                Some(since) => since + EMPTY_ASSIGNMENT_REJOIN,
+                None => Instant::now() + EMPTY_ASSIGNMENT_CHECK,
+            });
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => None,
@@ -968,8 +972,15 @@ impl KafkaSource {
                     self.align(engine, run);
                     continue;
                 }
-                _ = tokio::time::sleep_until(rejoin_at.unwrap_or_else(tokio::time::Instant::now)), if rejoin_at.is_some() => {
-                    self.rejoin()?;
+                _ = tokio::time::sleep_until(rejoin_check) => {
+                    if self
+                        .consumer
+                        .context()
+                        .empty_since()
+                        .is_some_and(|since| since.elapsed() >= EMPTY_ASSIGNMENT_REJOIN)
+                    {
+                        self.rejoin()?;
+                    }
                     continue;
                 }
                 // Idle with history rows buffered: write them when they fall due.
