@@ -144,8 +144,11 @@ async fn metrics_readiness_and_sql_over_http() {
 
     let (inputs, _) = produce_inputs(&brokers, &h).await;
     let expected = inputs.len() as u64;
+    // Processed, and settled: the latency of a record is recorded once its batch's
+    // outputs are acknowledged, which under load comes a little after processing.
     let processed = wait_until(Duration::from_secs(60), || {
         stats.snapshot().records >= expected
+            && stats.processing_latency.snapshot().count >= expected
     })
     .await;
     assert!(
