@@ -691,8 +691,7 @@ impl KafkaSource {
             self.restore(snapshot, pipeline, engine, &mut position)
                 .await?;
         }
-        let names: Vec<&str> = self.topic_names.iter().map(String::as_str).collect();
-        self.consumer.subscribe(&names)?;
+        self.subscribe()?;
         let mut run = RunState {
             batch: BatchOffsets::default(),
             received: Vec::new(),
@@ -1082,6 +1081,13 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// Joins the group on the input topics.
+    fn subscribe(&self) -> Result<(), SourceError> {
+        let names: Vec<&str> = self.topic_names.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&names)?;
+        Ok(())
+    }
+
     /// Leaves the group and joins it again, for a new generation and a new assignment.
     fn rejoin(&self) -> Result<(), SourceError> {
         tracing::warn!(
@@ -1090,8 +1096,7 @@ impl KafkaSource {
         );
         self.consumer.context().set_empty_since(None);
         self.consumer.unsubscribe();
-        let names: Vec<&str> = self.topic_names.iter().map(String::as_str).collect();
-        self.consumer.subscribe(&names)?;
+        self.subscribe()?;
         self.progress.rejoins.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
