@@ -681,7 +681,7 @@ pub fn event_rows(events: &[Arc<NormalizedEvent>], flags: &[(usize, Flag)]) -> V
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::{Category, NormalizedEvent, Product};
 
@@ -694,7 +694,8 @@ mod tests {
         }
     }
 
-    fn row(minute: u32) -> EventRow {
+    /// A Kong event of 2026-11-20 10:`minute`, with no findings.
+    pub(crate) fn row(minute: u32) -> EventRow {
         let time = chrono::DateTime::parse_from_rfc3339(&format!("2026-11-20T10:{minute:02}:00Z"))
             .expect("time")
             .with_timezone(&Utc);

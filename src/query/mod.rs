@@ -18,6 +18,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -180,12 +181,17 @@ impl QueryEngine {
     /// Registers the tables over an opened store.
     pub fn over(store: &Store, query: &QuerySettings) -> Result<QueryEngine, QueryError> {
         // No spilling: a query over its memory fails rather than writing up
-        // to DataFusion's default 100 GiB into the temp folder.
+        // to DataFusion's default 100 GiB into the temp folder. No cached file
+        // listing: DataFusion keeps a folder's listing forever by default, so the
+        // daemon's engine would never see the files its writer adds after the
+        // first query (nor miss those retention deletes). Statistics stay cached:
+        // history files are never rewritten, and the cache checks their mtime.
         let runtime_env = RuntimeEnvBuilder::new()
             .with_memory_limit(query.memory_limit_mib * 1024 * 1024, 1.0)
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
+            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
             .build_arc()
             .map_err(|e| QueryError::Open(e.to_string()))?;
         if let Some((url, object_store)) = store.object_store() {
@@ -644,6 +650,50 @@ mod tests {
         let store = Store::open(root, &Default::default()).expect("open the store");
         let engine = QueryEngine::over(&store, &settings).expect("open the engine");
         (dir, engine)
+    }
+
+    /// `n` Kong events of 2026-11-20 10:00 onwards, the hour's folder shared by all.
+    fn kong_rows(n: u32) -> Vec<crate::history::EventRow> {
+        (0..n).map(crate::history::tests::row).collect()
+    }
+
+    async fn count_events(engine: &QueryEngine) -> usize {
+        let answer = engine
+            .run("SELECT * FROM events")
+            .await
+            .expect("the query runs");
+        answer.rows
+    }
+
+    #[tokio::test]
+    async fn an_open_engine_sees_the_files_written_and_expired_after_its_first_query() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (defaults, _) =
+            crate::settings::Settings::load_with_env(None, Vec::new()).expect("defaults");
+        let history = HistorySettings {
+            path: dir.path().display().to_string(),
+            retention_days: 0,
+            ..defaults.history
+        };
+        let mut writer = crate::history::HistoryWriter::start(&history).expect("writer");
+        writer.events(kong_rows(3)).expect("buffered");
+        writer.flush().await.expect("written");
+        let engine = QueryEngine::over(writer.store(), &settings()).expect("open the engine");
+        assert_eq!(count_events(&engine).await, 3);
+
+        // The daemon's writer goes on adding files to the same hour's folder.
+        writer.events(kong_rows(5)).expect("buffered");
+        writer.flush().await.expect("written");
+        assert_eq!(count_events(&engine).await, 8, "the second file is read");
+
+        // Retention deletes the hour: the engine neither counts nor opens its files.
+        let expiring = HistorySettings {
+            retention_days: 1,
+            ..history
+        };
+        let mut later = crate::history::HistoryWriter::start(&expiring).expect("writer");
+        later.flush().await.expect("an idle flush expires the hour");
+        assert_eq!(count_events(&engine).await, 0, "expired files are gone");
     }
 
     #[tokio::test]
