@@ -272,6 +272,16 @@ fn push_all(list: &std::sync::Mutex<Vec<(String, i32)>>, tpl: &TopicPartitionLis
 }
 
 impl GroupContext {
+    fn new(progress: Arc<SourceProgress>) -> GroupContext {
+        GroupContext {
+            progress,
+            resume: std::sync::Mutex::new(HashMap::new()),
+            revoked: std::sync::Mutex::new(Vec::new()),
+            assigned: std::sync::Mutex::new(Vec::new()),
+            empty_since: std::sync::Mutex::new(None),
+        }
+    }
+
     fn take_revoked(&self) -> Vec<(String, i32)> {
         take_all(&self.revoked)
     }
@@ -423,10 +433,28 @@ impl ConsumerContext for GroupContext {
                 self.post_rebalance(consumer, &Rebalance::Revoke(tpl));
             }
             other => {
+                // As librdkafka's own handler does: give up what this process holds,
+                // committing what is finished first; the group assigns again.
                 let error = KafkaError::Rebalance(other.into());
+                tracing::warn!(%error, "rebalance error; giving up the assigned partitions");
+                let held = consumer.assignment().unwrap_or_default();
+                push_all(&self.revoked, &held);
+                if let Err(error) = consumer.resume(&held) {
+                    tracing::warn!(%error, "resuming the given-up partitions");
+                }
+                self.pre_rebalance(consumer, &Rebalance::Revoke(&held));
+                let result = if cooperative {
+                    consumer.incremental_unassign(&held)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = result {
+                    tracing::error!(%error, "giving up partitions after a rebalance error");
+                }
                 self.post_rebalance(consumer, &Rebalance::Error(error));
             }
         }
+        self.count_assignment(consumer);
     }
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -439,9 +467,6 @@ impl ConsumerContext for GroupContext {
                 // Nothing stored yet is the usual reason; the next owner re-reads from the last commit.
                 tracing::debug!(%error, "commit on revoke");
             }
-            self.progress
-                .assigned_partitions
-                .store(0, Ordering::Relaxed);
         }
     }
 
@@ -449,15 +474,37 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(partitions = partitions.count(), "partitions assigned");
-                self.set_empty_since((partitions.count() == 0).then(Instant::now));
-                self.progress
-                    .assigned_partitions
-                    .store(partitions.count() as i64, Ordering::Relaxed);
                 self.progress.ever_assigned.store(true, Ordering::Relaxed);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }
+    }
+}
+
+impl GroupContext {
+    /// Counts what the consumer holds after a rebalance step. A cooperative
+    /// rebalance hands over and takes away only the partitions that move, so the
+    /// step's own list is not the assignment: only the consumer knows it.
+    fn count_assignment(&self, consumer: &BaseConsumer<Self>) {
+        let held = match consumer.assignment() {
+            Ok(held) => held.count(),
+            Err(error) => {
+                tracing::warn!(%error, "reading the assignment after a rebalance");
+                return;
+            }
+        };
+        self.progress
+            .assigned_partitions
+            .store(held as i64, Ordering::Relaxed);
+        // The empty-assignment clock starts when the last partition goes, and
+        // keeps running through steps that leave this process with none.
+        let since = self.empty_since();
+        self.set_empty_since(match (held, since) {
+            (0, Some(since)) => Some(since),
+            (0, None) => Some(Instant::now()),
+            _ => None,
+        });
     }
 }
 
@@ -638,13 +685,7 @@ impl KafkaSource {
             ..SourceProgress::default()
         });
         let consumer: StreamConsumer<GroupContext> = config
-            .create_with_context(GroupContext {
-                progress: progress.clone(),
-                resume: std::sync::Mutex::new(HashMap::new()),
-                revoked: std::sync::Mutex::new(Vec::new()),
-                assigned: std::sync::Mutex::new(Vec::new()),
-                empty_since: std::sync::Mutex::new(None),
-            })
+            .create_with_context(GroupContext::new(progress.clone()))
             .map_err(|error| redacted(error, &config))?;
         let topics = TopicFormats(
             settings
@@ -1232,5 +1273,115 @@ mod tests {
             .to_string();
             assert!(!producer.contains(secret), "{producer}");
         }
+    }
+
+    /// A consumer of `group` on `brokers` with this module's context.
+    fn group_member(brokers: &str, group: &str, strategy: &str) -> BaseConsumer<GroupContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("partition.assignment.strategy", strategy)
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "200")
+            .create_with_context(GroupContext::new(Arc::new(SourceProgress::default())))
+            .expect("consumer")
+    }
+
+    fn held(consumer: &BaseConsumer<GroupContext>) -> usize {
+        consumer.assignment().map(|a| a.count()).unwrap_or(0)
+    }
+
+    fn counted(consumer: &BaseConsumer<GroupContext>) -> i64 {
+        consumer
+            .context()
+            .progress
+            .assigned_partitions
+            .load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_rebalance_error_gives_up_every_partition_and_says_so() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("in", 2, 1).expect("topic");
+        let consumer = group_member(&cluster.bootstrap_servers(), "g-error", "range");
+        let mut held_before = TopicPartitionList::new();
+        held_before.add_partition("in", 0);
+        held_before.add_partition("in", 1);
+        consumer.assign(&held_before).expect("assign");
+        consumer
+            .context()
+            .progress
+            .assigned_partitions
+            .store(2, Ordering::Relaxed);
+
+        let mut concerned = TopicPartitionList::new();
+        consumer.context().rebalance(
+            &consumer,
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR__FAIL,
+            &mut concerned,
+        );
+        assert_eq!(
+            held(&consumer),
+            0,
+            "the consumer holds nothing after the error"
+        );
+        assert_eq!(counted(&consumer), 0, "and readiness sees no partition");
+        let mut revoked = consumer.context().take_revoked();
+        revoked.sort();
+        assert_eq!(
+            revoked,
+            vec![("in".to_string(), 0), ("in".to_string(), 1)],
+            "the consume loop forgets the open batch's records of both"
+        );
+        assert!(consumer.context().empty_since().is_some());
+    }
+
+    #[test]
+    fn a_cooperative_rebalance_counts_the_partitions_each_member_keeps() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("in", 4, 1).expect("topic");
+        let brokers = cluster.bootstrap_servers();
+        let first = group_member(&brokers, "g-coop", "cooperative-sticky");
+        first.subscribe(&["in"]).expect("subscribe");
+        let settle = |members: &[&BaseConsumer<GroupContext>], want: &dyn Fn(&[usize]) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                for member in members {
+                    let _ = member.poll(Duration::from_millis(50));
+                }
+                let holding: Vec<usize> = members.iter().map(|m| held(m)).collect();
+                if want(&holding) {
+                    return holding;
+                }
+            }
+            panic!("the group did not settle in 30 s");
+        };
+        settle(&[&first], &|h| h == [4]);
+        assert_eq!(counted(&first), 4);
+
+        // A second member takes half: the first is revoked two and keeps two,
+        // and no step of the cooperative protocol hands it its whole list again.
+        let second = group_member(&brokers, "g-coop", "cooperative-sticky");
+        second.subscribe(&["in"]).expect("subscribe");
+        let holding = settle(&[&first, &second], &|h| {
+            h[0] > 0 && h[1] > 0 && h[0] + h[1] == 4
+        });
+        // A few more polls: the counters follow the last step of the rebalance.
+        for _ in 0..10 {
+            let _ = first.poll(Duration::from_millis(20));
+            let _ = second.poll(Duration::from_millis(20));
+        }
+        assert_eq!(
+            counted(&first),
+            held(&first) as i64,
+            "first holds {holding:?}"
+        );
+        assert_eq!(
+            counted(&second),
+            held(&second) as i64,
+            "second holds {holding:?}"
+        );
+        assert!(first.context().empty_since().is_none());
     }
 }
