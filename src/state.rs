@@ -26,6 +26,39 @@ pub struct Snapshot {
     pub engine: EngineState,
     /// Credentials issued to apps at run time: (token, app id), oldest first.
     pub issued_credentials: Vec<(String, String)>,
+    /// The cluster and group the offsets belong to; none for a replay's snapshot
+    /// (no offsets) and for snapshots written before it was recorded.
+    #[serde(default)]
+    pub kafka: Option<SnapshotOrigin>,
+}
+
+/// Where a daemon's snapshot was taken: its offsets mean nothing in another
+/// cluster, and in another group they would rewind partitions that group's
+/// members have moved on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotOrigin {
+    /// The Kafka cluster id, when the brokers told it.
+    pub cluster_id: Option<String>,
+    pub group_id: String,
+}
+
+impl SnapshotOrigin {
+    /// Why a snapshot taken at `self` is not for a daemon at `here`, if it is not.
+    /// An unknown cluster id on either side is no evidence of another cluster.
+    pub fn differs_from(&self, here: &SnapshotOrigin) -> Option<String> {
+        if self.group_id != here.group_id {
+            return Some(format!(
+                "it was taken for group {:?}, this daemon is in group {:?}",
+                self.group_id, here.group_id
+            ));
+        }
+        match (&self.cluster_id, &here.cluster_id) {
+            (Some(then), Some(now)) if then != now => Some(format!(
+                "it was taken on Kafka cluster {then:?}, the brokers now are cluster {now:?}"
+            )),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +132,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_snapshot_of_another_group_or_cluster_is_told_apart() {
+        let here = SnapshotOrigin {
+            cluster_id: Some("c-1".into()),
+            group_id: "appwarden".into(),
+        };
+        assert_eq!(here.differs_from(&here), None);
+        let unknown_cluster = SnapshotOrigin {
+            cluster_id: None,
+            ..here.clone()
+        };
+        assert_eq!(unknown_cluster.differs_from(&here), None);
+        assert_eq!(here.differs_from(&unknown_cluster), None);
+        let other_cluster = SnapshotOrigin {
+            cluster_id: Some("c-2".into()),
+            ..here.clone()
+        };
+        assert!(
+            other_cluster
+                .differs_from(&here)
+                .is_some_and(|w| w.contains("c-2"))
+        );
+        let other_group = SnapshotOrigin {
+            group_id: "staging".into(),
+            ..here.clone()
+        };
+        assert!(
+            other_group
+                .differs_from(&here)
+                .is_some_and(|w| w.contains("staging"))
+        );
+    }
+
+    #[test]
     fn round_trip_and_missing_and_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s/state.json");
@@ -110,7 +176,12 @@ mod tests {
             ..Snapshot::default()
         };
         write(&path, &snapshot).unwrap();
-        assert_eq!(read(&path).unwrap(), Some(snapshot));
+        assert_eq!(read(&path).unwrap(), Some(snapshot.clone()));
+        // Written before the origin was recorded: read as of no known origin.
+        let mut old = serde_json::to_value(&snapshot).unwrap();
+        old.as_object_mut().unwrap().remove("kafka");
+        std::fs::write(&path, old.to_string()).unwrap();
+        assert_eq!(read(&path).unwrap().and_then(|s| s.kafka), None);
         std::fs::write(&path, b"{\"version\": 1, \"offsets\": [").unwrap();
         assert!(matches!(read(&path), Err(StateError::Corrupt { .. })));
     }

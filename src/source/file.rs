@@ -444,6 +444,7 @@ async fn write_state(
         offsets: Vec::new(),
         engine: state,
         issued_credentials: pipeline.resolver().issued(),
+        kafka: None,
     };
     crate::state::write(path, &snapshot)?;
     Ok(())

@@ -40,7 +40,7 @@ use crate::history::FlushReport;
 use crate::pipeline::Pipeline;
 use crate::settings::{KafkaSettings, SecretError};
 use crate::sinks::{Outputs, SinkError, Unconfirmed};
-use crate::state::{self, SNAPSHOT_VERSION, Snapshot, StateError};
+use crate::state::{self, SNAPSHOT_VERSION, Snapshot, SnapshotOrigin, StateError};
 use crate::telemetry::RateLimitedLog;
 
 #[derive(Debug, thiserror::Error)]
@@ -604,6 +604,8 @@ struct RunState {
     /// When the open batch must be flushed, however many records it has.
     batch_deadline: Option<tokio::time::Instant>,
     snapshots: Option<SnapshotPolicy>,
+    /// The cluster and group this process's snapshots are written for.
+    origin: SnapshotOrigin,
     /// Whether a batch was sealed since the last snapshot.
     unsaved: bool,
     /// Event-time progress per partition, for watermark alignment.
@@ -658,6 +660,9 @@ const EMPTY_ASSIGNMENT_REJOIN: Duration = Duration::from_secs(60);
 /// callback that hands one over runs inside `recv`, which returns only with a
 /// record, and a process with no partition receives none.
 const EMPTY_ASSIGNMENT_CHECK: Duration = Duration::from_secs(5);
+/// How long a start with snapshots waits for the brokers to tell their cluster id
+/// (a snapshot of another cluster is not restored).
+const CLUSTER_ID_WAIT: Duration = Duration::from_secs(10);
 
 pub struct KafkaSource {
     consumer: StreamConsumer<GroupContext>,
@@ -666,6 +671,7 @@ pub struct KafkaSource {
     batch_max_records: usize,
     batch_linger: Duration,
     max_partition_lead_secs: u64,
+    group_id: String,
     progress: Arc<SourceProgress>,
 }
 
@@ -704,6 +710,7 @@ impl KafkaSource {
             batch_max_records: settings.batch_max_records,
             batch_linger: Duration::from_millis(settings.batch_linger_ms),
             max_partition_lead_secs: settings.max_partition_lead_secs,
+            group_id: settings.group_id.clone(),
             progress,
         })
     }
@@ -726,11 +733,16 @@ impl KafkaSource {
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let mut position: HashMap<(String, i32), i64> = HashMap::new();
-        if let Some(policy) = &snapshots
-            && let Some(snapshot) = state::read(&policy.path)?
-        {
-            self.restore(snapshot, pipeline, engine, &mut position)
-                .await?;
+        let mut origin = SnapshotOrigin {
+            cluster_id: None,
+            group_id: self.group_id.clone(),
+        };
+        if let Some(policy) = &snapshots {
+            origin.cluster_id = self.cluster_id(CLUSTER_ID_WAIT);
+            if let Some(snapshot) = state::read(&policy.path)? {
+                self.restore(snapshot, &origin, pipeline, engine, &mut position)
+                    .await?;
+            }
         }
         self.subscribe()?;
         let mut run = RunState {
@@ -745,6 +757,7 @@ impl KafkaSource {
             last_snapshot: Instant::now(),
             batch_deadline: None,
             snapshots: snapshots.clone(),
+            origin,
             unsaved: false,
             alignment: Alignment::new(self.max_partition_lead_secs),
             backlog_seen: None,
@@ -755,8 +768,15 @@ impl KafkaSource {
         if result.is_ok()
             && let Some(policy) = &snapshots
         {
-            self.snapshot(policy, pipeline, outputs, engine, &mut run)
+            let written = self
+                .snapshot(policy, pipeline, outputs, engine, &mut run)
                 .await?;
+            if !written {
+                tracing::warn!(
+                    "stopped while no partition was held: the last snapshot stays, and a \
+                     restart processes the records after its offsets again"
+                );
+            }
         }
         result
     }
@@ -882,14 +902,52 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Restores detector and identity state and rewinds the group to the snapshot's offsets.
+    /// The Kafka cluster id, waiting at most `wait` for the brokers to tell it.
+    fn cluster_id(&self, wait: Duration) -> Option<String> {
+        let fetch = || self.consumer.client().fetch_cluster_id(wait);
+        let id = if wait.is_zero() {
+            fetch()
+        } else {
+            // librdkafka blocks for the metadata: keep the runtime's other tasks going.
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(fetch)
+                }
+                _ => fetch(),
+            }
+        };
+        if id.is_none() && !wait.is_zero() {
+            tracing::warn!(
+                wait_secs = wait.as_secs(),
+                "the brokers did not tell their cluster id; a snapshot is checked against the group only"
+            );
+        }
+        id
+    }
+
+    /// Restores detector and identity state and rewinds the group to the snapshot's
+    /// offsets, unless the snapshot was taken for another cluster or group: then it
+    /// is left alone (and replaced by this process's first snapshot).
     async fn restore(
         &self,
         snapshot: Snapshot,
+        here: &SnapshotOrigin,
         pipeline: &mut Pipeline,
         engine: &mut Engine,
         position: &mut HashMap<(String, i32), i64>,
     ) -> Result<(), SourceError> {
+        if let Some(reason) = snapshot
+            .kafka
+            .as_ref()
+            .and_then(|taken| taken.differs_from(here))
+        {
+            tracing::warn!(
+                %reason,
+                "state snapshot ignored: its baselines and offsets are another deployment's; \
+                 starting with empty state"
+            );
+            return Ok(());
+        }
         let offsets = snapshot.offsets.len();
         engine.load(snapshot.engine).await?;
         pipeline
@@ -916,6 +974,13 @@ impl KafkaSource {
     /// Writes state consistent with the stored offsets: every sealed batch settles
     /// and the history is flushed first, so the engine has seen exactly the records
     /// before the snapshot's offsets and resuming there loses no history rows.
+    ///
+    /// Only partitions this process holds go in: a partition another member took
+    /// has moved on there, and its old position would rewind it at this process's
+    /// next start. In the middle of a rebalance (nothing held, positions known) no
+    /// snapshot is written: one without those partitions would make a restart
+    /// count their records since the group's last commit a second time. Returns
+    /// whether it wrote one.
     async fn snapshot(
         &self,
         policy: &SnapshotPolicy,
@@ -923,24 +988,35 @@ impl KafkaSource {
         outputs: &mut Outputs,
         engine: &Engine,
         run: &mut RunState,
-    ) -> Result<(), SourceError> {
+    ) -> Result<bool, SourceError> {
         self.settle_all(pipeline, run).await?;
         self.flush_history(outputs, run).await?;
+        let held = self.consumer.assignment()?;
+        let holds = |topic: &str, partition: i32| held.find_partition(topic, partition).is_some();
+        if held.count() == 0 && !run.position.is_empty() {
+            tracing::debug!("no partition held (rebalance under way): snapshot postponed");
+            return Ok(false);
+        }
         let mut offsets: Vec<(String, i32, i64)> = run
             .position
             .iter()
+            .filter(|((t, p), _)| holds(t, *p))
             .map(|((t, p), o)| (t.clone(), *p, *o))
             .collect();
         offsets.sort();
+        if run.origin.cluster_id.is_none() {
+            run.origin.cluster_id = self.cluster_id(Duration::ZERO);
+        }
         let snapshot = Snapshot {
             version: SNAPSHOT_VERSION,
             offsets,
             engine: engine.save().await?,
             issued_credentials: pipeline.resolver().issued(),
+            kafka: Some(run.origin.clone()),
         };
         state::write(&policy.path, &snapshot)?;
         tracing::debug!(path = %policy.path.display(), "state snapshot written");
-        Ok(())
+        Ok(true)
     }
 
     async fn consume(
@@ -1001,11 +1077,13 @@ impl KafkaSource {
                     continue;
                 }
                 _ = tokio::time::sleep(idle_snapshot.unwrap_or_default()), if idle_snapshot.is_some() => {
-                    if let Some(policy) = run.snapshots.clone() {
-                        self.snapshot(&policy, pipeline, outputs, engine, run).await?;
+                    if let Some(policy) = run.snapshots.clone()
+                        && self.snapshot(&policy, pipeline, outputs, engine, run).await?
+                    {
+                        run.unsaved = false;
                     }
+                    // Postponed or written, the next try is an interval away.
                     run.last_snapshot = Instant::now();
-                    run.unsaved = false;
                     continue;
                 }
                 _ = tokio::time::sleep(ALIGN_TICK), if run.alignment.unsettled() => {
@@ -1220,10 +1298,13 @@ impl KafkaSource {
         if let Some(policy) = run.snapshots.clone()
             && run.last_snapshot.elapsed() >= policy.interval
         {
-            self.snapshot(&policy, pipeline, outputs, engine, run)
-                .await?;
+            if self
+                .snapshot(&policy, pipeline, outputs, engine, run)
+                .await?
+            {
+                run.unsaved = false;
+            }
             run.last_snapshot = Instant::now();
-            run.unsaved = false;
         }
         Ok(())
     }

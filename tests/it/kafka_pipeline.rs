@@ -675,32 +675,45 @@ async fn an_idle_daemon_commits_every_offset_after_its_history_flush() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
     let mut h = harness(&brokers, &cluster);
+    commit_soon(&mut h);
+    let (inputs, _) = produce_inputs(&brokers, &h).await;
+    run_until_committed(&h, inputs.len() as u64, Duration::ZERO).await;
+}
+
+/// History flushed and offsets committed within a second of being processed.
+fn commit_soon(h: &mut Harness) {
     h.settings.history.flush_interval_secs = 1;
     h.settings
         .kafka
         .consumer_properties
         .insert("auto.commit.interval.ms".into(), "200".into());
-    let (inputs, _) = produce_inputs(&brokers, &h).await;
+}
 
+/// Runs the daemon until it has read `expected` records and committed every input
+/// offset while idle, `linger` longer, then stops it.
+async fn run_until_committed(h: &Harness, expected: u64, linger: Duration) -> Arc<Stats> {
     let stats = Arc::new(Stats::default());
     let daemon = Daemon::build(&h.settings, stats.clone()).expect("daemon builds");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon.run(shutdown.clone()));
-    let all_committed = || input_offsets(&h).iter().all(|(_, c, end)| c == end);
+    let all_committed = || input_offsets(h).iter().all(|(_, c, end)| c == end);
     let done = wait_until(Duration::from_secs(45), || {
-        stats.snapshot().records >= inputs.len() as u64 && all_committed()
+        stats.snapshot().records >= expected && all_committed()
     })
     .await;
     assert!(!task.is_finished(), "the daemon is still running");
     assert!(
         done,
-        "offsets committed while idle (topic, committed, end): {:?}",
-        input_offsets(&h)
+        "read {} of {expected}; offsets committed while idle (topic, committed, end): {:?}",
+        stats.snapshot().records,
+        input_offsets(h)
     );
+    tokio::time::sleep(linger).await;
     shutdown.cancel();
     task.await
         .expect("daemon task")
         .expect("daemon ran cleanly");
+    stats
 }
 
 /// The go-live path: `replay --state-out` learns baselines from past exports, and
@@ -892,4 +905,207 @@ async fn records_at_the_input_limit_whose_escaping_outgrows_the_topics_do_not_st
         appwarden::telemetry::StatsSnapshot::get(&s.dead_letters_by_reason, "event_too_large"),
         1
     );
+}
+
+fn read_snapshot(h: &Harness) -> serde_json::Value {
+    let text = std::fs::read_to_string(&h.settings.state.snapshot_path).expect("snapshot written");
+    serde_json::from_str(&text).expect("snapshot is JSON")
+}
+
+/// (topic, partition) of each offset in a snapshot.
+fn snapshot_partitions(snapshot: &serde_json::Value) -> Vec<(String, i64)> {
+    snapshot["offsets"]
+        .as_array()
+        .map(|offsets| {
+            offsets
+                .iter()
+                .filter_map(|o| Some((o[0].as_str()?.to_string(), o[1].as_i64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A snapshot records the cluster and group its offsets belong to; one taken on
+/// another cluster is not restored, so its offsets cannot rewind this group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_on_another_cluster_is_not_restored() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let h = harness(&brokers, &cluster);
+    let (inputs, _) = produce_inputs(&brokers, &h).await;
+    run_daemon_until(&h.settings, inputs.len() as u64).await;
+    let mut snapshot = read_snapshot(&h);
+    assert_eq!(
+        snapshot["kafka"]["group_id"].as_str(),
+        Some(h.settings.kafka.group_id.as_str())
+    );
+    assert!(
+        snapshot["kafka"]["cluster_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "the mock cluster's id is recorded: {}",
+        snapshot["kafka"]
+    );
+    assert!(!snapshot_partitions(&snapshot).is_empty());
+
+    // The same group and topics, but offsets from elsewhere: all at 0.
+    snapshot["kafka"]["cluster_id"] = "another-cluster".into();
+    if let Some(offsets) = snapshot["offsets"].as_array_mut() {
+        for offset in offsets {
+            offset[2] = 0.into();
+        }
+    }
+    std::fs::write(&h.settings.state.snapshot_path, snapshot.to_string()).expect("rewritten");
+
+    let mut h = h;
+    commit_soon(&mut h);
+    let (again, _) = produce_inputs(&brokers, &h).await;
+    // A rewind to 0 would read the first run's records once more in the 2 s after.
+    let stats = run_until_committed(&h, again.len() as u64, Duration::from_secs(2)).await;
+    assert_eq!(
+        stats.snapshot().records,
+        again.len() as u64,
+        "only the new records are read"
+    );
+    let rewritten = read_snapshot(&h);
+    assert_ne!(rewritten["kafka"]["cluster_id"], "another-cluster");
+}
+
+/// Partitions another member took are not this process's to snapshot: their old
+/// positions would rewind that member's progress at this process's next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_holds_only_the_partitions_this_process_owns() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let mut h = harness(&brokers, &cluster);
+    h.settings.state.snapshot_interval_secs = 1;
+    let stats = Arc::new(Stats::default());
+    let daemon = Daemon::build(&h.settings, stats.clone()).expect("daemon builds");
+    let progress = daemon.progress();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(daemon.run(shutdown.clone()));
+    let (inputs, _) = produce_inputs(&brokers, &h).await;
+    let read_all = wait_until(Duration::from_secs(45), || {
+        stats.snapshot().records >= inputs.len() as u64
+    })
+    .await;
+    assert!(
+        read_all,
+        "read {} of {}",
+        stats.snapshot().records,
+        inputs.len()
+    );
+    let everything = snapshot_partitions(
+        &read_snapshot_when(&h, Duration::from_secs(20), |s| {
+            snapshot_partitions(s).len() >= 2
+        })
+        .await,
+    );
+
+    // A second member joins the group and takes about half of every topic.
+    let stop = Arc::new(AtomicBool::new(false));
+    // Stops the member even when an assertion fails first.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_member = StopOnDrop(stop.clone());
+    let taken: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let member = std::thread::spawn({
+        let (stop, taken) = (stop.clone(), taken.clone());
+        let brokers = brokers.clone();
+        let group = h.settings.kafka.group_id.clone();
+        let topics: Vec<String> = INPUT_TOPICS
+            .iter()
+            .map(|t| h.topic_names[*t].clone())
+            .collect();
+        move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .set("session.timeout.ms", "6000")
+                .set("heartbeat.interval.ms", "500")
+                .create()
+                .expect("member");
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            consumer.subscribe(&names).expect("subscribe");
+            while !stop.load(Ordering::Relaxed) {
+                // Its records stay unread: it never stores or commits an offset.
+                let _ = consumer.poll(Duration::from_millis(100));
+                if let Ok(held) = consumer.assignment()
+                    && let Ok(mut taken) = taken.lock()
+                {
+                    *taken = held
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), i64::from(e.partition())))
+                        .collect();
+                }
+            }
+        }
+    });
+    let taken_now = || taken.lock().map(|t| t.clone()).unwrap_or_default();
+    let shared = wait_until(Duration::from_secs(60), || {
+        let other = taken_now().len() as i64;
+        other > 0
+            && progress
+                .assigned_partitions
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 2 * INPUT_TOPICS.len() as i64 - other
+    })
+    .await;
+    assert!(shared, "the second member took {:?}", taken_now());
+    let other = taken_now();
+    assert!(
+        everything.iter().any(|p| other.contains(p)),
+        "the first snapshot {everything:?} covers a partition the member took ({other:?})"
+    );
+
+    // New records on this process's partitions make its state worth saving again.
+    produce_inputs(&brokers, &h).await;
+    let own_only = |s: &serde_json::Value| {
+        let partitions = snapshot_partitions(s);
+        !partitions.is_empty() && partitions.iter().all(|p| !other.contains(p))
+    };
+    let latest = read_snapshot_when(&h, Duration::from_secs(30), own_only).await;
+    shutdown.cancel();
+    task.await
+        .expect("daemon task")
+        .expect("daemon ran cleanly");
+    stop.store(true, Ordering::Relaxed);
+    member.join().expect("member thread");
+    assert!(own_only(&latest), "{latest}");
+    let last = read_snapshot(&h);
+    assert!(
+        own_only(&last),
+        "the snapshot at shutdown holds {:?}, the member {other:?}",
+        snapshot_partitions(&last)
+    );
+}
+
+/// The snapshot once `ready` holds for it, or the last one read after `limit`.
+async fn read_snapshot_when(
+    h: &Harness,
+    limit: Duration,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
+    let mut last = serde_json::Value::Null;
+    while std::time::Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(&h.settings.state.snapshot_path)
+            && let Ok(snapshot) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            if ready(&snapshot) {
+                return snapshot;
+            }
+            last = snapshot;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
 }
