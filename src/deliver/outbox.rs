@@ -3,11 +3,12 @@
 //! of what it has delivered. After a crash every undelivered alert is still
 //! there, and delivered ones are not sent again (beyond an attempt in flight
 //! at the moment of the crash, which receivers dedup by alert id / dedup key).
-//! Each start rewrites the log with what is still pending, behind a header that
-//! keeps what the dropped entries told: the next sequence number and the ids
+//! Each start, and a running outbox once thousands of delivered entries outnumber
+//! the pending ones, rewrites the log with what is still pending, behind a header
+//! that keeps what the dropped entries told: the next sequence number and the ids
 //! lately delivered.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -204,6 +205,13 @@ struct Inner {
     /// alert detected again after a restart re-read its input is not sent twice.
     /// Kept across restarts by the log: its entries until the next start, then its header.
     delivered: VecDeque<String>,
+    /// The same ids, for lookups in constant time (an alert storm appends many).
+    delivered_ids: HashSet<String>,
+    /// The sequence number of each pending alert, by id.
+    pending_ids: HashMap<String, u64>,
+    /// Entries in the log file as it is now: pending ones and those delivered
+    /// since the last compaction.
+    log_entries: usize,
     unsynced: bool,
 }
 
@@ -216,6 +224,9 @@ pub struct Outbox {
 const LOG: &str = "alerts.log";
 /// How many delivered alert ids are remembered against re-detection.
 const RECENTLY_DELIVERED: usize = 10_000;
+/// The log is compacted while running once it holds this many delivered entries
+/// (and more than it holds pending ones), so a long life never grows it without bound.
+const COMPACT_AFTER_DELIVERED: usize = 4_096;
 
 impl Outbox {
     /// Opens (or creates) the outbox in `dir` for the named sinks, replaying the
@@ -244,11 +255,18 @@ impl Outbox {
             pending: BTreeMap::new(),
             cursors,
             in_flight: BTreeMap::new(),
-            delivered: header.delivered,
+            delivered: VecDeque::new(),
+            delivered_ids: HashSet::new(),
+            pending_ids: HashMap::new(),
+            log_entries: 0,
             unsynced: false,
         };
+        for id in header.delivered {
+            inner.remember_delivered(id);
+        }
         for entry in entries {
             if inner.cursors.values().any(|c| !c.done(entry.seq)) {
+                inner.pending_ids.insert(entry.alert.id.clone(), entry.seq);
                 inner.pending.insert(entry.seq, Arc::new(entry.alert));
             } else {
                 inner.remember_delivered(entry.alert.id);
@@ -273,10 +291,10 @@ impl Outbox {
     /// input) is not queued twice.
     pub fn append(&self, alert: &Alert) -> Result<u64, OutboxError> {
         let mut inner = self.lock();
-        if let Some((seq, _)) = inner.pending.iter().find(|(_, a)| a.id == alert.id) {
+        if let Some(seq) = inner.pending_ids.get(&alert.id) {
             return Ok(*seq);
         }
-        if inner.delivered.iter().any(|id| *id == alert.id) {
+        if inner.delivered_ids.contains(&alert.id) {
             return Ok(0);
         }
         let seq = inner.next_seq;
@@ -291,6 +309,8 @@ impl Outbox {
         inner.log.write_all(&line).map_err(io_err(&path))?;
         inner.next_seq += 1;
         inner.unsynced = true;
+        inner.log_entries += 1;
+        inner.pending_ids.insert(alert.id.clone(), seq);
         inner.pending.insert(seq, Arc::new(alert.clone()));
         Ok(seq)
     }
@@ -359,7 +379,13 @@ impl Outbox {
         if inner.cursors.values().all(|c| c.done(seq))
             && let Some(alert) = inner.pending.remove(&seq)
         {
+            inner.pending_ids.remove(&alert.id);
             inner.remember_delivered(alert.id.clone());
+            let delivered_in_log = inner.log_entries.saturating_sub(inner.pending.len());
+            if delivered_in_log >= COMPACT_AFTER_DELIVERED && delivered_in_log > inner.pending.len()
+            {
+                inner.compact()?;
+            }
         }
         Ok(())
     }
@@ -381,8 +407,13 @@ impl Outbox {
 
 impl Inner {
     fn remember_delivered(&mut self, id: String) {
-        if self.delivered.len() >= RECENTLY_DELIVERED {
-            self.delivered.pop_front();
+        if !self.delivered_ids.insert(id.clone()) {
+            return;
+        }
+        if self.delivered.len() >= RECENTLY_DELIVERED
+            && let Some(oldest) = self.delivered.pop_front()
+        {
+            self.delivered_ids.remove(&oldest);
         }
         self.delivered.push_back(id);
     }
@@ -407,6 +438,9 @@ impl Inner {
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
+        // Everything pending is in the synced new file.
+        self.log_entries = self.pending.len();
+        self.unsynced = false;
         Ok(())
     }
 }
@@ -415,6 +449,54 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::deliver::test_support::{alert, open_with_alerts, take_summaries};
+
+    fn log_lines(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join(LOG))
+            .map(|text| text.lines().count())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_long_run_compacts_its_log_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = vec!["s".to_string()];
+        let outbox = Outbox::open(dir.path(), &sinks).unwrap();
+        let total = COMPACT_AFTER_DELIVERED as u32 + 500;
+        // One alert stays pending throughout: compaction keeps it.
+        let waiting = outbox.append(&alert(u32::MAX)).unwrap();
+        for n in 0..total {
+            let seq = outbox.append(&alert(n)).unwrap();
+            outbox.finish("s", seq).unwrap();
+            assert!(
+                log_lines(dir.path()) <= COMPACT_AFTER_DELIVERED + 2,
+                "{} lines in the log after {n} deliveries",
+                log_lines(dir.path())
+            );
+        }
+        assert_eq!(outbox.depth(), 1);
+        assert_eq!(
+            outbox.append(&alert(total - 1)).unwrap(),
+            0,
+            "still known as delivered"
+        );
+        drop(outbox);
+
+        let outbox = Outbox::open(dir.path(), &sinks).unwrap();
+        let taken = outbox.take("s", 10);
+        assert_eq!(taken.len(), 1, "the pending alert survives the compactions");
+        assert_eq!(taken[0].0, waiting);
+        assert_eq!(
+            outbox.append(&alert(total - 1)).unwrap(),
+            0,
+            "and the ids delivered"
+        );
+        let next = outbox.append(&alert(total)).unwrap();
+        assert_eq!(
+            next,
+            u64::from(total) + 2,
+            "numbers go on past every one used"
+        );
+    }
 
     #[test]
     fn undelivered_alerts_survive_a_reopen_and_delivered_ones_do_not_return() {

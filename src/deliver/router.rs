@@ -2,7 +2,7 @@
 //! they update a count instead of paging again, and records the kill-switch
 //! action on alerts severe enough for it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -20,6 +20,10 @@ struct Open {
 pub struct Router {
     window: Duration,
     open: HashMap<(String, String), Open>,
+    /// The open groups by their last alert's time, oldest first: expiry looks
+    /// only at the groups it closes, so a storm of distinct identities costs a
+    /// logarithm per alert, not a pass over every open group.
+    by_last: BTreeSet<(DateTime<Utc>, (String, String))>,
     kill_switches: Vec<SinkSettings>,
 }
 
@@ -28,6 +32,7 @@ impl Router {
         Router {
             window: Duration::seconds(group_window_secs as i64),
             open: HashMap::new(),
+            by_last: BTreeSet::new(),
             kill_switches: sinks
                 .iter()
                 .filter(|s| matches!(s.kind, SinkKind::Revocation { .. }))
@@ -40,11 +45,22 @@ impl Router {
     /// (go to the outbox): the first alert of a group does, repeats do not.
     pub fn route(&mut self, alert: &mut Alert) -> bool {
         let now = alert.window_end;
-        self.open.retain(|_, g| now - g.last < self.window);
+        while let Some((last, _)) = self.by_last.first()
+            && now - *last >= self.window
+        {
+            if let Some((_, key)) = self.by_last.pop_first() {
+                self.open.remove(&key);
+            }
+        }
         let key = (alert.detector.clone(), alert.identity.clone());
         if let Some(group) = self.open.get_mut(&key) {
             group.count += 1;
-            group.last = now;
+            // Alerts come in order mostly; one that is older does not pull its group back.
+            if now > group.last {
+                self.by_last.remove(&(group.last, key.clone()));
+                self.by_last.insert((now, key.clone()));
+                group.last = now;
+            }
             alert.group = Some(AlertGroup {
                 id: group.id.clone(),
                 count: group.count,
@@ -58,6 +74,7 @@ impl Router {
             );
             return false;
         }
+        self.by_last.insert((now, key.clone()));
         self.open.insert(
             key,
             Open {
@@ -109,6 +126,32 @@ mod tests {
             variant: "v",
         }
         .into_alert(detector, "k", severity, None)
+    }
+
+    #[test]
+    fn each_group_closes_an_hour_after_its_own_last_alert() {
+        let mut router = Router::new(3600, &[]);
+        for i in 0..1000 {
+            assert!(router.route(&mut alert(
+                "call_spike",
+                &format!("app:{i}"),
+                0,
+                Severity::High
+            )));
+        }
+        // app:7 repeats at minute 50; an older alert after it does not shorten its group.
+        assert!(!router.route(&mut alert("call_spike", "app:7", 50, Severity::High)));
+        assert!(!router.route(&mut alert("call_spike", "app:7", 10, Severity::High)));
+        // At minute 70 every other group has closed, app:7's has not.
+        assert!(router.route(&mut alert("call_spike", "app:8", 70, Severity::High)));
+        let mut repeat = alert("call_spike", "app:7", 70, Severity::High);
+        assert!(!router.route(&mut repeat));
+        assert_eq!(repeat.group.map(|g| g.count), Some(4));
+        assert!(router.route(&mut alert("call_spike", "app:9", 71, Severity::High)));
+        assert_eq!(router.open.len(), 3, "closed groups are dropped");
+        assert_eq!(router.by_last.len(), 3);
+        // Another detector on the same identity is another group.
+        assert!(router.route(&mut alert("new_egress_domain", "app:7", 71, Severity::High)));
     }
 
     #[test]
