@@ -303,6 +303,26 @@ impl GroupContext {
             Err(poisoned) => *poisoned.into_inner(),
         }
     }
+
+    /// Counts what the consumer holds after a rebalance step. A cooperative
+    /// rebalance hands over and takes away only the partitions that move, so the
+    /// step's own list is not the assignment: only the consumer knows it.
+    fn count_assignment(&self, consumer: &BaseConsumer<Self>) {
+        let held = match consumer.assignment() {
+            Ok(held) => held.count(),
+            Err(error) => {
+                tracing::warn!(%error, "reading the assignment after a rebalance");
+                return;
+            }
+        };
+        self.progress
+            .assigned_partitions
+            .store(held as i64, Ordering::Relaxed);
+        // The empty-assignment clock starts when the last partition goes, and
+        // keeps running through steps that leave this process with none.
+        let since = self.empty_since();
+        self.set_empty_since((held == 0).then(|| since.unwrap_or_else(Instant::now)));
+    }
 }
 
 impl ClientContext for GroupContext {
@@ -479,32 +499,6 @@ impl ConsumerContext for GroupContext {
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }
-    }
-}
-
-impl GroupContext {
-    /// Counts what the consumer holds after a rebalance step. A cooperative
-    /// rebalance hands over and takes away only the partitions that move, so the
-    /// step's own list is not the assignment: only the consumer knows it.
-    fn count_assignment(&self, consumer: &BaseConsumer<Self>) {
-        let held = match consumer.assignment() {
-            Ok(held) => held.count(),
-            Err(error) => {
-                tracing::warn!(%error, "reading the assignment after a rebalance");
-                return;
-            }
-        };
-        self.progress
-            .assigned_partitions
-            .store(held as i64, Ordering::Relaxed);
-        // The empty-assignment clock starts when the last partition goes, and
-        // keeps running through steps that leave this process with none.
-        let since = self.empty_since();
-        self.set_empty_since(match (held, since) {
-            (0, Some(since)) => Some(since),
-            (0, None) => Some(Instant::now()),
-            _ => None,
-        });
     }
 }
 
