@@ -9,10 +9,14 @@
 //! Parquet encoding never runs on the async runtime. A flush writes one file
 //! per open partition (several when its text passes `history.flush_max_mib`),
 //! each whole or not at all; the Kafka source stores
-//! input offsets only after the flush that made their rows durable.
+//! input offsets only after the flush that made their rows durable. Retention
+//! and the compaction of closed hours into few files run on a thread of their
+//! own ([`upkeep`]), so that neither holds up a flush.
 
+pub mod compact;
 pub mod schema;
 pub mod store;
+pub mod upkeep;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -65,6 +69,11 @@ pub struct HistorySettings {
     /// The daemon deletes partitions whose hour ended more than this many days before
     /// the wall clock; 0 keeps all. `replay` applies only its own `--retention-days`.
     pub retention_days: u64,
+    /// An hour partition's files are merged into few this many seconds after the
+    /// hour ends (events arriving later add a file, merged at a later pass);
+    /// 0: never. At most 2592000 (30 days).
+    #[serde(default = "default_compact_after_secs")]
+    pub compact_after_secs: u64,
     /// Keep the vendor record of each event in the `raw_data` column (about 4× the size on disk).
     #[serde(default)]
     pub raw_data: bool,
@@ -74,6 +83,10 @@ pub struct HistorySettings {
 
 fn default_flush_max_mib() -> u64 {
     256
+}
+
+fn default_compact_after_secs() -> u64 {
+    3600
 }
 
 impl HistorySettings {
@@ -108,6 +121,12 @@ impl HistorySettings {
             self.retention_days,
             36_500,
             "days (100 years)",
+        )?;
+        crate::settings::at_most(
+            "history.compact_after_secs",
+            self.compact_after_secs,
+            30 * 86_400,
+            "seconds (30 days)",
         )?;
         if !(1..=22).contains(&self.zstd_level) {
             return Err((
@@ -168,13 +187,19 @@ pub struct HistoryStats {
     pub files_written: AtomicU64,
     pub bytes_written: AtomicU64,
     pub files_expired: AtomicU64,
+    /// Files compaction merged away…
+    pub files_merged: AtomicU64,
+    /// …and the files it wrote in their place.
+    pub compacted_files_written: AtomicU64,
+    /// Retention or compaction steps that failed (each logged, retried later).
+    pub upkeep_failures: AtomicU64,
     /// Start of the oldest hour partition an event was written to (for `replay`'s
     /// note on how its history will age under retention).
     pub oldest_event_hour: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
-/// The wall clock that retention is measured against. Only retention reads it
-/// (partitions are by event time); tests pass a clock of their own.
+/// The wall clock that retention and compaction are measured against. Only they
+/// read it (partitions are by event time); tests pass a clock of their own.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 /// The machine's clock.
@@ -222,6 +247,7 @@ pub struct HistoryWriter {
     raw_data: bool,
     stats: Arc<HistoryStats>,
     store: Store,
+    upkeep: Option<upkeep::UpkeepHandle>,
 }
 
 impl HistoryWriter {
@@ -240,34 +266,34 @@ impl HistoryWriter {
         let level = ZstdLevel::try_new(settings.zstd_level)
             .map_err(|e| HistoryError::Config(format!("history.zstd_level: {e}")))?;
         let stats = Arc::new(HistoryStats::default());
-        // Object-store calls are async; the writer thread drives them on a runtime of its own.
-        let runtime = match &store {
-            Store::Local(_) => None,
-            Store::Remote { .. } => Some(
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| HistoryError::io(Path::new("history runtime"), e))?,
-            ),
-        };
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(256 * 1024))
+            .build();
+        let upkeep = upkeep::UpkeepHandle::start(upkeep::Upkeep::new(
+            upkeep::Plan {
+                retention: (settings.retention_days > 0)
+                    .then(|| chrono::Duration::days(settings.retention_days as i64)),
+                compact_after: (settings.compact_after_secs > 0)
+                    .then(|| chrono::Duration::seconds(settings.compact_after_secs as i64)),
+                clock,
+            },
+            compact::Compactor::new(store.clone(), properties.clone(), max_bytes(settings)),
+            object_store_runtime(&store)?,
+            stats.clone(),
+        ))?;
         let (tx, rx) = mpsc::channel();
         let mut thread = WriterThread {
             store: store.clone(),
             events: BTreeMap::new(),
             alerts: BTreeMap::new(),
-            properties: WriterProperties::builder()
-                .set_compression(Compression::ZSTD(level))
-                .set_max_row_group_row_count(Some(256 * 1024))
-                .build(),
+            properties,
             raw_data: settings.raw_data,
             max_bytes: max_bytes(settings),
-            retention: (settings.retention_days > 0)
-                .then(|| chrono::Duration::days(settings.retention_days as i64)),
-            clock,
-            last_expiry: None,
+            upkeep: upkeep.sender(),
             sequence: 0,
             stats: stats.clone(),
-            runtime,
+            runtime: object_store_runtime(&store)?,
         };
         let handle = std::thread::Builder::new()
             .name("history".into())
@@ -285,7 +311,18 @@ impl HistoryWriter {
             raw_data: settings.raw_data,
             stats,
             store,
+            upkeep: Some(upkeep),
         })
+    }
+
+    /// Runs retention and compaction now, on the upkeep thread (they also run
+    /// there by themselves), and waits for what they did.
+    pub async fn upkeep_now(&self) -> Result<upkeep::UpkeepReport, HistoryError> {
+        self.upkeep
+            .as_ref()
+            .ok_or(HistoryError::Gone)?
+            .run_now()
+            .await
     }
 
     pub fn stats(&self) -> Arc<HistoryStats> {
@@ -388,6 +425,21 @@ impl Drop for HistoryWriter {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // Then upkeep compacts the closed hours those last files went to.
+        drop(self.upkeep.take());
+    }
+}
+
+/// A small runtime for the object-store calls of one history thread (none for
+/// a local folder).
+fn object_store_runtime(store: &Store) -> Result<Option<store::Runtime>, HistoryError> {
+    match store {
+        Store::Local(_) => Ok(None),
+        Store::Remote { .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(Some)
+            .map_err(|e| HistoryError::io(Path::new("history runtime"), e)),
     }
 }
 
@@ -457,9 +509,8 @@ struct WriterThread {
     raw_data: bool,
     /// Text bytes of one file at most (`history.flush_max_mib`).
     max_bytes: usize,
-    retention: Option<chrono::Duration>,
-    clock: Clock,
-    last_expiry: Option<Instant>,
+    /// Told of each partition written to, for compaction.
+    upkeep: Option<mpsc::Sender<upkeep::Request>>,
     sequence: u64,
     stats: Arc<HistoryStats>,
     runtime: Option<store::Runtime>,
@@ -529,6 +580,9 @@ impl WriterThread {
         let bytes = self.encode(batch)?;
         let size = bytes.len();
         self.store.put(&relative, bytes, self.runtime.as_ref())?;
+        if let (Some(upkeep), Some((folder, _))) = (&self.upkeep, relative.rsplit_once('/')) {
+            let _ = upkeep.send(upkeep::Request::Written(folder.to_string()));
+        }
         self.stats.files_written.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_written
@@ -581,7 +635,6 @@ impl WriterThread {
         if let Some(error) = failure {
             return Err(error);
         }
-        self.expire();
         Ok(report)
     }
 
@@ -627,34 +680,6 @@ impl WriterThread {
             }
         }
         (written, failure)
-    }
-
-    /// Deletes expired partitions, at most once an hour.
-    fn expire(&mut self) {
-        let Some(retention) = self.retention else {
-            return;
-        };
-        if self
-            .last_expiry
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(3600))
-        {
-            return;
-        }
-        self.last_expiry = Some(Instant::now());
-        let cutoff = (self.clock)() - retention;
-        for table in ["events", "alerts"] {
-            match self.store.expire(table, cutoff, self.runtime.as_ref()) {
-                Ok(n) => {
-                    self.stats
-                        .files_expired
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    if n > 0 {
-                        tracing::info!(table, files = n, %cutoff, "expired history partitions");
-                    }
-                }
-                Err(error) => tracing::warn!(%error, table, "history retention"),
-            }
-        }
     }
 }
 
@@ -749,11 +774,204 @@ pub(crate) mod tests {
             Some("2026-11-20T10:00:00Z".parse().expect("time"))
         );
 
-        // A day later the hour is past retention: the next flush deletes it.
-        let mut old = writer_at("2026-12-21T12:00:00Z");
-        old.flush().await.expect("an idle flush expires");
+        // A day later the hour is past retention: upkeep deletes it.
+        let old = writer_at("2026-12-21T12:00:00Z");
+        let report = old.upkeep_now().await.expect("upkeep runs");
         assert_eq!(event_files(dir.path()), 0, "expired by the later clock");
+        assert_eq!(
+            report.expired_files, 0,
+            "the pass at start expired it already"
+        );
         assert_eq!(old.stats().files_expired.load(Ordering::Relaxed), 1);
+    }
+
+    /// The files of each hour folder under `root`'s events, by folder.
+    fn files_per_hour(root: &Path) -> BTreeMap<String, usize> {
+        let mut hours = BTreeMap::new();
+        let mut stack = vec![root.join("events")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Some(folder) = path.parent().and_then(|p| p.strip_prefix(root).ok()) {
+                    *hours.entry(folder.display().to_string()).or_default() += 1;
+                }
+            }
+        }
+        hours
+    }
+
+    /// Every event row of the history at `root`, read back: (hour folder, minute).
+    fn rows_read_back(root: &Path) -> Vec<(String, u32)> {
+        let store = Store::open(&root.display().to_string(), &S3Options::default()).expect("store");
+        let mut rows = Vec::new();
+        for (folder, _) in files_per_hour(root) {
+            for file in store.list_files(&folder, None).expect("list") {
+                store
+                    .read_parquet(&format!("{folder}/{}", file.name), None, |batch| {
+                        let times = batch
+                            .column_by_name("time")
+                            .and_then(|c| {
+                                c.as_any()
+                                    .downcast_ref::<datafusion::arrow::array::TimestampMillisecondArray>()
+                            })
+                            .expect("a time column");
+                        for time in times.iter().flatten() {
+                            let time = DateTime::from_timestamp_millis(time).expect("time");
+                            rows.push((folder.clone(), time.minute()));
+                        }
+                        Ok(())
+                    })
+                    .expect("readable");
+            }
+        }
+        rows.sort();
+        rows
+    }
+
+    /// An event of 2026-11-20 at `hour`:`minute`.
+    fn row_at(hour: u32, minute: u32) -> EventRow {
+        let mut row = row(minute);
+        let mut event = (*row.event).clone();
+        event.time += chrono::Duration::hours(i64::from(hour) - 10);
+        row.event = Arc::new(event);
+        row
+    }
+
+    #[tokio::test]
+    async fn a_closed_hour_is_merged_into_one_file_holding_every_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = settings(dir.path());
+        assert_eq!(settings.compact_after_secs, 3600, "the default");
+        // 12:00: hour 10 ended an hour ago (closed), hour 11 a moment ago (open).
+        let mut writer =
+            HistoryWriter::start_with_clock(&settings, clock_at("2026-11-20T12:00:00Z"))
+                .expect("writer");
+        for flush in 0..5 {
+            writer
+                .events(vec![
+                    row_at(10, flush * 2),
+                    row_at(10, flush * 2 + 1),
+                    row_at(11, flush),
+                ])
+                .expect("buffered");
+            writer.flush().await.expect("written");
+        }
+        let before = rows_read_back(dir.path());
+        let hour_10 = "events/source=kong/day=2026-11-20/hour=10".to_string();
+        let hour_11 = "events/source=kong/day=2026-11-20/hour=11".to_string();
+        assert_eq!(
+            files_per_hour(dir.path()),
+            BTreeMap::from([(hour_10.clone(), 5), (hour_11.clone(), 5)])
+        );
+
+        let report = writer.upkeep_now().await.expect("upkeep runs");
+        assert_eq!(report.compacted_partitions, 1, "{report:?}");
+        assert_eq!((report.merged_files, report.compacted_files), (5, 1));
+        assert_eq!(
+            files_per_hour(dir.path()),
+            BTreeMap::from([(hour_10.clone(), 1), (hour_11.clone(), 5)]),
+            "only the closed hour is merged"
+        );
+        assert_eq!(rows_read_back(dir.path()), before, "every row, once");
+        assert!(
+            std::fs::read_dir(dir.path().join(compact::JOURNALS))
+                .expect("journal folder")
+                .next()
+                .is_none(),
+            "no journal left"
+        );
+
+        // A late event adds a file to the closed hour; the next pass merges it in.
+        writer.events(vec![row_at(10, 59)]).expect("buffered");
+        writer.flush().await.expect("written");
+        let report = writer.upkeep_now().await.expect("upkeep runs");
+        assert_eq!((report.merged_files, report.compacted_files), (2, 1));
+        assert_eq!(files_per_hour(dir.path())[&hour_10], 1);
+        assert_eq!(rows_read_back(dir.path()).len(), before.len() + 1);
+    }
+
+    #[tokio::test]
+    async fn what_a_previous_process_left_is_merged_and_a_stopping_writer_merges_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = settings(dir.path());
+        settings.compact_after_secs = 0;
+        let clock = || clock_at("2026-11-21T00:00:00Z");
+        {
+            let mut never = HistoryWriter::start_with_clock(&settings, clock()).expect("writer");
+            for minute in 0..3 {
+                never.events(vec![row_at(10, minute)]).expect("buffered");
+                never.flush().await.expect("written");
+            }
+        }
+        assert_eq!(
+            files_per_hour(dir.path()).into_values().collect::<Vec<_>>(),
+            [3],
+            "compact_after_secs = 0 never merges"
+        );
+
+        settings.compact_after_secs = 600;
+        {
+            let mut later = HistoryWriter::start_with_clock(&settings, clock()).expect("writer");
+            // Found by the look at start, then merged by the pass asked for.
+            let report = later.upkeep_now().await.expect("upkeep runs");
+            assert_eq!((report.merged_files, report.compacted_files), (3, 1));
+            // Files of another closed hour, merged when the writer stops.
+            for minute in 0..4 {
+                later.events(vec![row_at(20, minute)]).expect("buffered");
+                later.flush().await.expect("written");
+            }
+        }
+        assert_eq!(
+            files_per_hour(dir.path()).into_values().collect::<Vec<_>>(),
+            [1, 1]
+        );
+        assert_eq!(rows_read_back(dir.path()).len(), 7);
+    }
+
+    /// A clock that blocks whoever reads it until `open` is set (20 s at most).
+    fn gated_clock(open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>) -> Clock {
+        Arc::new(move || {
+            let (lock, opened) = &*open;
+            let guard = lock.lock().expect("gate");
+            let _ = opened
+                .wait_timeout_while(guard, Duration::from_secs(20), |open| !*open)
+                .expect("gate");
+            "2026-12-21T12:00:00Z".parse().expect("time")
+        })
+    }
+
+    #[tokio::test]
+    async fn a_flush_never_waits_for_retention_or_compaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = settings(dir.path());
+        settings.retention_days = 30;
+        let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let mut writer =
+            HistoryWriter::start_with_clock(&settings, gated_clock(gate.clone())).expect("writer");
+        // Upkeep is stuck reading the clock (as on a slow S3 listing); flushes go on.
+        for minute in 0..3 {
+            writer.events(vec![row(minute)]).expect("buffered");
+            let flushed = tokio::time::timeout(Duration::from_secs(5), writer.flush()).await;
+            assert!(
+                matches!(flushed, Ok(Ok(_))),
+                "flush {minute} waited for upkeep: {flushed:?}"
+            );
+        }
+        assert_eq!(event_files(dir.path()), 3);
+        {
+            let (lock, opened) = &*gate;
+            *lock.lock().expect("gate") = true;
+            opened.notify_all();
+        }
+        let report = writer.upkeep_now().await.expect("upkeep runs");
+        assert_eq!(report.failures, 0, "{report:?}");
+        assert_eq!(
+            event_files(dir.path()),
+            0,
+            "then retention deleted the old hour"
+        );
     }
 
     #[tokio::test]
@@ -788,6 +1006,18 @@ pub(crate) mod tests {
         assert_eq!(report.files, 4, "{report:?}");
         assert_eq!(event_files(dir.path()), 4);
         assert!(!writer.due(), "nothing is buffered after the flush");
+    }
+
+    #[test]
+    fn compact_after_secs_past_30_days_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = settings(dir.path());
+        settings.compact_after_secs = 30 * 86_400 + 1;
+        let (key, message) = settings.validate().expect_err("refused");
+        assert_eq!(key, "history.compact_after_secs");
+        assert!(message.contains("at most 2592000"), "{message}");
+        settings.compact_after_secs = 0;
+        settings.validate().expect("0 means never");
     }
 
     #[test]

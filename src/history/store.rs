@@ -13,9 +13,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 
 use super::HistoryError;
 
@@ -170,42 +178,378 @@ impl Store {
         }
     }
 
-    /// Deletes the hour partitions of `table` that end before `cutoff`; returns files removed.
+    fn runtime(rt: Option<&Runtime>) -> Result<&Runtime, HistoryError> {
+        rt.ok_or_else(|| HistoryError::Remote("no runtime for object-store calls".into()))
+    }
+
+    /// The files directly in `folder` (relative to the root), by name, with their
+    /// size and time; none when the folder does not exist.
+    pub fn list_files(
+        &self,
+        folder: &str,
+        rt: Option<&Runtime>,
+    ) -> Result<Vec<Listed>, HistoryError> {
+        match self {
+            Store::Local(root) => {
+                let dir = root.join(folder);
+                let mut files = Vec::new();
+                for entry in read_dir_or_none(&dir)? {
+                    let entry = entry.map_err(|e| HistoryError::io(&dir, e))?;
+                    let meta = entry.metadata().map_err(|e| HistoryError::io(&dir, e))?;
+                    if meta.is_file() {
+                        files.push(Listed {
+                            name: entry.file_name().to_string_lossy().into_owned(),
+                            size: meta.len(),
+                            modified: meta.modified().ok().map(DateTime::<Utc>::from),
+                        });
+                    }
+                }
+                files.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(files)
+            }
+            Store::Remote { store, prefix, .. } => {
+                let base = Self::key(prefix, folder);
+                let listed = Self::runtime(rt)?
+                    .block_on(store.list_with_delimiter(Some(&base)))
+                    .map_err(|e| HistoryError::Remote(format!("{base}: {e}")))?;
+                let mut files: Vec<Listed> = listed
+                    .objects
+                    .into_iter()
+                    .filter_map(|meta| {
+                        Some(Listed {
+                            name: meta.location.filename()?.to_string(),
+                            size: meta.size,
+                            modified: Some(meta.last_modified),
+                        })
+                    })
+                    .collect();
+                files.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(files)
+            }
+        }
+    }
+
+    /// The names of the folders directly in `folder` (hidden ones left out).
+    pub fn list_folders(
+        &self,
+        folder: &str,
+        rt: Option<&Runtime>,
+    ) -> Result<Vec<String>, HistoryError> {
+        let mut names = match self {
+            Store::Local(root) => {
+                let dir = root.join(folder);
+                let mut names = Vec::new();
+                for entry in read_dir_or_none(&dir)? {
+                    let entry = entry.map_err(|e| HistoryError::io(&dir, e))?;
+                    if entry.path().is_dir() {
+                        names.push(entry.file_name().to_string_lossy().into_owned());
+                    }
+                }
+                names
+            }
+            Store::Remote { store, prefix, .. } => {
+                let base = Self::key(prefix, folder);
+                let listed = Self::runtime(rt)?
+                    .block_on(store.list_with_delimiter(Some(&base)))
+                    .map_err(|e| HistoryError::Remote(format!("{base}: {e}")))?;
+                listed
+                    .common_prefixes
+                    .iter()
+                    .filter_map(|p| p.filename().map(str::to_string))
+                    .collect()
+            }
+        };
+        names.retain(|n| !n.starts_with('.'));
+        names.sort();
+        Ok(names)
+    }
+
+    /// The whole content of the file at `relative`.
+    pub fn get(&self, relative: &str, rt: Option<&Runtime>) -> Result<Bytes, HistoryError> {
+        match self {
+            Store::Local(root) => {
+                let path = root.join(relative);
+                std::fs::read(&path)
+                    .map(Bytes::from)
+                    .map_err(|e| HistoryError::io(&path, e))
+            }
+            Store::Remote { store, prefix, .. } => {
+                let key = Self::key(prefix, relative);
+                Self::runtime(rt)?
+                    .block_on(async { store.get(&key).await?.bytes().await })
+                    .map_err(|e| HistoryError::Remote(format!("{key}: {e}")))
+            }
+        }
+    }
+
+    /// The Arrow schema of the Parquet file at `relative` (`size` bytes long),
+    /// from its footer only.
+    pub fn parquet_schema(
+        &self,
+        relative: &str,
+        size: u64,
+        rt: Option<&Runtime>,
+    ) -> Result<SchemaRef, HistoryError> {
+        let encode = |e: ParquetError| HistoryError::Encode(format!("{relative}: {e}"));
+        match self {
+            Store::Local(root) => {
+                let path = root.join(relative);
+                let file = std::fs::File::open(&path).map_err(|e| HistoryError::io(&path, e))?;
+                Ok(ParquetRecordBatchReaderBuilder::try_new(file)
+                    .map_err(encode)?
+                    .schema()
+                    .clone())
+            }
+            Store::Remote { store, prefix, .. } => {
+                let key = Self::key(prefix, relative);
+                let rt = Self::runtime(rt)?;
+                let tail = |n: u64| {
+                    rt.block_on(store.get_range(&key, size.saturating_sub(n)..size))
+                        .map_err(|e| HistoryError::Remote(format!("{key}: {e}")))
+                };
+                // A footer of ours takes a few KiB: one read mostly does.
+                let mut reader = ParquetMetaDataReader::new();
+                match reader.try_parse_sized(&tail(size.min(64 * 1024))?, size) {
+                    Ok(()) => {}
+                    Err(ParquetError::NeedMoreData(needed)) => reader
+                        .try_parse_sized(&tail(needed as u64)?, size)
+                        .map_err(encode)?,
+                    Err(e) => return Err(encode(e)),
+                }
+                let metadata = reader.finish().map_err(encode)?;
+                Ok(
+                    ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::default())
+                        .map_err(encode)?
+                        .schema()
+                        .clone(),
+                )
+            }
+        }
+    }
+
+    /// Hands each record batch of the Parquet file at `relative` to `each`, in
+    /// order (a remote file is fetched whole first).
+    pub fn read_parquet(
+        &self,
+        relative: &str,
+        rt: Option<&Runtime>,
+        mut each: impl FnMut(RecordBatch) -> Result<(), HistoryError>,
+    ) -> Result<(), HistoryError> {
+        let encode = |e: ParquetError| HistoryError::Encode(format!("{relative}: {e}"));
+        let batches = match self {
+            Store::Local(root) => {
+                let path = root.join(relative);
+                let file = std::fs::File::open(&path).map_err(|e| HistoryError::io(&path, e))?;
+                ParquetRecordBatchReaderBuilder::try_new(file)
+                    .and_then(|b| b.build())
+                    .map_err(encode)?
+            }
+            Store::Remote { .. } => {
+                let bytes = self.get(relative, rt)?;
+                ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .and_then(|b| b.build())
+                    .map_err(encode)?
+            }
+        };
+        for batch in batches {
+            each(batch.map_err(|e| HistoryError::Encode(format!("{relative}: {e}")))?)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a whole file at `relative` unless one is there already: `false`
+    /// when it is (the call then changes nothing).
+    pub fn create_new(
+        &self,
+        relative: &str,
+        bytes: Vec<u8>,
+        rt: Option<&Runtime>,
+    ) -> Result<bool, HistoryError> {
+        match self {
+            Store::Local(root) => {
+                let target = root.join(relative);
+                let create = || -> std::io::Result<bool> {
+                    if let Some(parent) = target.parent() {
+                        create_dir_all_durably(root, parent)?;
+                    }
+                    let mut file = match std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&target)
+                    {
+                        Ok(file) => file,
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                            return Ok(false);
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    file.write_all(&bytes)?;
+                    file.sync_all()?;
+                    if let Some(parent) = target.parent() {
+                        std::fs::File::open(parent)?.sync_all()?;
+                    }
+                    Ok(true)
+                };
+                create().map_err(|e| HistoryError::io(&target, e))
+            }
+            Store::Remote { store, prefix, .. } => {
+                let key = Self::key(prefix, relative);
+                let options = PutOptions::from(PutMode::Create);
+                match Self::runtime(rt)?.block_on(store.put_opts(&key, bytes.into(), options)) {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                    Err(e) => Err(HistoryError::Remote(format!("{key}: {e}"))),
+                }
+            }
+        }
+    }
+
+    /// Deletes the file at `relative`; one that is not there is no error.
+    pub fn delete(&self, relative: &str, rt: Option<&Runtime>) -> Result<(), HistoryError> {
+        match self {
+            Store::Local(root) => {
+                let path = root.join(relative);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(HistoryError::io(&path, e)),
+                }
+                // The unlink is durable once the folder is synced.
+                if let Some(parent) = path.parent() {
+                    std::fs::File::open(parent)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|e| HistoryError::io(parent, e))?;
+                }
+                Ok(())
+            }
+            Store::Remote { store, prefix, .. } => {
+                let key = Self::key(prefix, relative);
+                match Self::runtime(rt)?.block_on(store.delete(&key)) {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(HistoryError::Remote(format!("{key}: {e}"))),
+                }
+            }
+        }
+    }
+
+    /// Deletes `folder` and everything in it; returns the files removed.
+    fn delete_folder(&self, folder: &str, rt: Option<&Runtime>) -> Result<usize, HistoryError> {
+        match self {
+            Store::Local(root) => {
+                let path = root.join(folder);
+                let files = count_files(&path);
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => Ok(files),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+                    Err(e) => Err(HistoryError::io(&path, e)),
+                }
+            }
+            Store::Remote { store, prefix, .. } => {
+                use futures::TryStreamExt;
+                let base = Self::key(prefix, folder);
+                let rt = Self::runtime(rt)?;
+                let listed: Vec<_> = rt
+                    .block_on(store.list(Some(&base)).try_collect())
+                    .map_err(|e| HistoryError::Remote(format!("{base}: {e}")))?;
+                for meta in &listed {
+                    match rt.block_on(store.delete(&meta.location)) {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => {
+                            return Err(HistoryError::Remote(format!("{}: {e}", meta.location)));
+                        }
+                    }
+                }
+                Ok(listed.len())
+            }
+        }
+    }
+
+    /// Deletes the hour partitions of `table` that end before `cutoff`; returns
+    /// the files removed. It walks the folders down from the table and lists
+    /// files only inside what it deletes: folder names say each partition's
+    /// time, so days wholly inside retention are never opened (on S3 a few
+    /// delimiter listings instead of one LIST of every object).
     pub fn expire(
         &self,
         table: &str,
         cutoff: DateTime<Utc>,
         rt: Option<&Runtime>,
     ) -> Result<usize, HistoryError> {
-        match self {
-            Store::Local(root) => expire_local(&root.join(table), cutoff),
-            Store::Remote { store, prefix, .. } => {
-                use futures::TryStreamExt;
-                let base = Self::key(prefix, table);
-                let rt = rt.ok_or_else(|| {
-                    HistoryError::Remote("no runtime for object-store calls".into())
-                })?;
-                let listed: Vec<_> = rt
-                    .block_on(store.list(Some(&base)).try_collect())
-                    .map_err(|e| HistoryError::Remote(format!("{base}: {e}")))?;
-                let mut removed = 0;
-                for meta in listed {
-                    if partition_end(meta.location.as_ref()).is_some_and(|end| end <= cutoff) {
-                        rt.block_on(store.delete(&meta.location))
-                            .map_err(|e| HistoryError::Remote(format!("{}: {e}", meta.location)))?;
-                        removed += 1;
+        let mut removed = 0;
+        let mut stack = vec![table.to_string()];
+        while let Some(folder) = stack.pop() {
+            let mut kept = 0;
+            for name in self.list_folders(&folder, rt)? {
+                let path = format!("{folder}/{name}");
+                match folder_span(&path) {
+                    Some((_, end)) if end <= cutoff => removed += self.delete_folder(&path, rt)?,
+                    // A day the cutoff falls in: look at its hours.
+                    Some((start, _)) if start < cutoff && !name.starts_with("hour=") => {
+                        stack.push(path);
+                        kept += 1;
                     }
+                    Some(_) => kept += 1,
+                    // Above the day (source=…): look inside.
+                    None if !name.starts_with("day=") && !name.starts_with("hour=") => {
+                        stack.push(path);
+                        kept += 1;
+                    }
+                    None => kept += 1,
                 }
-                Ok(removed)
+            }
+            // Day and source folders left empty go too (local only: an object
+            // store has no folders).
+            if kept == 0
+                && folder != table
+                && let Store::Local(root) = self
+            {
+                let dir = root.join(&folder);
+                if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none()) {
+                    let _ = std::fs::remove_dir(&dir);
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A file of the history, as a listing gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub name: String,
+    pub size: u64,
+    /// When it was last written, when the store says.
+    pub modified: Option<DateTime<Utc>>,
+}
+
+/// `read_dir`, with a missing folder read as empty.
+fn read_dir_or_none(dir: &Path) -> Result<Vec<std::io::Result<std::fs::DirEntry>>, HistoryError> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(HistoryError::io(dir, e)),
+    }
+}
+
+/// The files under a local folder, at any depth.
+fn count_files(dir: &Path) -> usize {
+    let mut count = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            } else {
+                count += 1;
             }
         }
     }
+    count
 }
 
 /// A small runtime for object-store calls from the writer thread (none for local folders).
 pub type Runtime = tokio::runtime::Runtime;
 
-/// The end of the hour partition a path sits in (`…/day=2026-11-22/hour=13/…` → 14:00).
 /// A temporary file in `.staging/` older than this was left by a crash: a
 /// write renames its file away within seconds.
 const STALE_STAGING: Duration = Duration::from_secs(3600);
@@ -256,54 +600,38 @@ fn create_dir_all_durably(root: &Path, dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn partition_end(path: &str) -> Option<DateTime<Utc>> {
+/// The end of the hour partition a path sits in (`…/day=2026-11-22/hour=13/…` → 14:00).
+pub fn partition_end(path: &str) -> Option<DateTime<Utc>> {
+    match folder_span(path)? {
+        (start, end) if end - start == chrono::Duration::hours(1) => Some(end),
+        _ => None,
+    }
+}
+
+/// The span of time a path's hive folders name: an hour with `day=…/hour=…`, a
+/// whole day with `day=…` alone; none above the day, or when a value is not a
+/// day or an hour.
+fn folder_span(path: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     let mut day = None;
     let mut hour = None;
     for part in path.split('/') {
         if let Some(d) = part.strip_prefix("day=") {
-            day = NaiveDate::parse_from_str(d, "%Y-%m-%d").ok();
+            day = Some(NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()?);
         } else if let Some(h) = part.strip_prefix("hour=") {
-            hour = h.parse::<u32>().ok().filter(|h| *h < 24);
+            hour = Some(h.parse::<u32>().ok().filter(|h| *h < 24)?);
         }
     }
-    let start = day?.and_hms_opt(hour?, 0, 0)?.and_utc();
-    Some(start + chrono::Duration::hours(1))
-}
-
-fn expire_local(table: &Path, cutoff: DateTime<Utc>) -> Result<usize, HistoryError> {
-    let mut removed = 0;
-    let mut stack = vec![table.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(HistoryError::io(&dir, e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| HistoryError::io(&dir, e))?;
-            let path = entry.path();
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if !path.is_dir() {
-                continue;
-            }
-            if name.starts_with("hour=") {
-                let relative = path.to_string_lossy();
-                if partition_end(&relative).is_some_and(|end| end <= cutoff) {
-                    let files = std::fs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
-                    std::fs::remove_dir_all(&path).map_err(|e| HistoryError::io(&path, e))?;
-                    removed += files;
-                }
-            } else {
-                stack.push(path);
-            }
+    let day = day?;
+    match hour {
+        Some(hour) => {
+            let start = day.and_hms_opt(hour, 0, 0)?.and_utc();
+            Some((start, start + chrono::Duration::hours(1)))
         }
-        // Day and source folders left empty go too.
-        if dir != table && std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none()) {
-            let _ = std::fs::remove_dir(&dir);
+        None => {
+            let start = day.and_hms_opt(0, 0, 0)?.and_utc();
+            Some((start, start + chrono::Duration::days(1)))
         }
     }
-    Ok(removed)
 }
 
 #[cfg(test)]
@@ -378,5 +706,53 @@ mod tests {
                 .is_none(),
             "no temp file left behind"
         );
+    }
+
+    #[test]
+    fn an_object_store_expires_by_folder_names() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let rt = Some(&runtime);
+        let store = Store::Remote {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            url: "memory://bucket".to_string(),
+            prefix: "history".to_string(),
+        };
+        for file in [
+            "events/source=okta/day=2026-11-20/hour=10/a.parquet",
+            "events/source=okta/day=2026-11-20/hour=23/b.parquet",
+            "events/source=okta/day=2026-11-21/hour=00/c.parquet",
+            "events/source=okta/day=2026-11-21/hour=01/d.parquet",
+            "events/source=kong/day=2026-11-19/hour=01/e.parquet",
+            "events/source=kong/day=2026-11-19/hour=01/f.parquet",
+            "events/source=kong/day=not-a-day/hour=01/g.parquet",
+        ] {
+            store.put(file, b"x".to_vec(), rt).expect("put");
+        }
+        let cutoff = "2026-11-21T01:00:00Z".parse().expect("time");
+        assert_eq!(store.expire("events", cutoff, rt).expect("expire"), 5);
+        assert_eq!(
+            store.list_folders("events/source=okta", rt).expect("list"),
+            ["day=2026-11-21"]
+        );
+        assert_eq!(
+            store
+                .list_folders("events/source=okta/day=2026-11-21", rt)
+                .expect("list"),
+            ["hour=01"]
+        );
+        assert_eq!(
+            store.list_folders("events/source=kong", rt).expect("list"),
+            ["day=not-a-day"],
+            "a folder that names no day is left alone"
+        );
+        let files = store
+            .list_files("events/source=okta/day=2026-11-21/hour=01", rt)
+            .expect("list");
+        assert_eq!(files.len(), 1);
+        assert_eq!((files[0].name.as_str(), files[0].size), ("d.parquet", 1));
+        assert!(files[0].modified.is_some());
     }
 }

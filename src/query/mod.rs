@@ -691,8 +691,8 @@ mod tests {
             retention_days: 1,
             ..history
         };
-        let mut later = crate::history::HistoryWriter::start(&expiring).expect("writer");
-        later.flush().await.expect("an idle flush expires the hour");
+        let later = crate::history::HistoryWriter::start(&expiring).expect("writer");
+        later.upkeep_now().await.expect("upkeep expires the hour");
         assert_eq!(count_events(&engine).await, 0, "expired files are gone");
     }
 
