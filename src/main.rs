@@ -318,6 +318,8 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         &mut outputs,
     )
     .await?;
+    // Stopping the history writer compacts the closed hours it wrote to.
+    drop(outputs.history.take());
     let s = stats.snapshot();
     eprintln!(
         "replayed {} records: {} events ({} registered, {} unregistered, {} anonymous), {} alerts, {} dead-lettered{}",
@@ -369,12 +371,26 @@ fn print_history_aging(
 ) {
     use std::sync::atomic::Ordering;
     let written = stats.events_written.load(Ordering::Relaxed);
+    let files = stats.files_written.load(Ordering::Relaxed);
+    let merged = stats.files_merged.load(Ordering::Relaxed);
+    let compacted = stats.compacted_files_written.load(Ordering::Relaxed);
     let expired = stats.files_expired.load(Ordering::Relaxed);
+    let failures = stats.upkeep_failures.load(Ordering::Relaxed);
     eprintln!(
-        "history: {written} events written to {}{}",
+        "history: {written} events written to {} in {files} files{}{}{}",
         settings.history.path,
+        if merged > 0 {
+            format!(", {merged} files of closed hours merged into {compacted}")
+        } else {
+            String::new()
+        },
         if expired > 0 {
             format!(", {expired} files older than --retention-days deleted")
+        } else {
+            String::new()
+        },
+        if failures > 0 {
+            format!(", {failures} upkeep steps failed (see the log)")
         } else {
             String::new()
         }
@@ -388,7 +404,7 @@ fn print_history_aging(
         if oldest < cutoff {
             eprintln!(
                 "history: events from {} on are older than history.retention_days = {daemon_retention_days}; \
-                 a daemon with this history root deletes hour partitions that ended before {} at its first flush",
+                 a daemon with this history root deletes hour partitions that ended before {} when it starts",
                 oldest.format("%Y-%m-%d %H:00 UTC"),
                 cutoff.format("%Y-%m-%d %H:%M UTC"),
             );

@@ -7,8 +7,8 @@
 //! `history.compact_after_secs` before the clock; once an hour it expires what
 //! retention no longer keeps and finishes compactions a stopped process left.
 //! When it starts it also looks for partitions a previous process left with
-//! several files. When the writer stops, one last pass compacts the closed
-//! hours written (a `replay` of old exports ends with few files per hour).
+//! several files. When the writer stops, one last pass expires and compacts the
+//! closed hours written (a `replay` of old exports ends with few files per hour).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -124,8 +124,12 @@ impl Upkeep {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        // The writer is gone, its last files written: compact the closed hours.
+        // The writer is gone, its last files written: expire (a `replay
+        // --retention-days` wrote old hours since the pass at start) and
+        // compact the closed hours.
         let mut report = UpkeepReport::default();
+        self.last_expiry = None;
+        self.expire(&mut report);
         self.compact_closed(&mut report);
         self.count(&report);
     }

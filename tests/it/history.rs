@@ -37,6 +37,15 @@ fn replayed() -> &'static Replayed {
 /// with the default settings (plus `extra` arguments); returns what it wrote and
 /// the replay's standard error.
 fn replay_world(start: chrono::DateTime<Utc>, extra: &[&str]) -> (Replayed, String) {
+    replay_world_with(start, extra, &[])
+}
+
+/// [`replay_world`] with settings from `env` (`APPWARDEN__…` variables).
+fn replay_world_with(
+    start: chrono::DateTime<Utc>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Replayed, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let world = World::new(WorldConfig {
         seed: 5,
@@ -61,6 +70,7 @@ fn replay_world(start: chrono::DateTime<Utc>, extra: &[&str]) -> (Replayed, Stri
     let alerts = dir.path().join("alerts.ndjson");
     let output = appwarden()
         .env("APPWARDEN__REGISTRY__PATH", &registry)
+        .envs(env.iter().copied())
         .arg("replay")
         .arg("--history")
         .arg(&history)
@@ -131,6 +141,87 @@ fn a_replay_expires_old_partitions_only_when_asked() {
     assert!(stderr.contains("deleted"), "{stderr}");
     let rows = query(&r.history, "SELECT count(*) AS n FROM events");
     assert_eq!(rows[0]["n"].as_u64(), Some(0), "{rows:?}");
+}
+
+/// The Parquet files of each hour folder under `history`, by folder.
+fn files_per_hour(history: &Path) -> BTreeMap<PathBuf, usize> {
+    let mut hours = BTreeMap::new();
+    let mut stack = vec![history.join("events"), history.join("alerts")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                *hours.entry(dir.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    hours
+}
+
+#[test]
+fn replays_into_one_history_leave_one_file_per_hour() {
+    // A flush after every batch: an hour a flush cuts through gets two files.
+    let small_flushes = [("APPWARDEN__HISTORY__FLUSH_MAX_EVENTS", "20")];
+    let (r, first) = replay_world_with(two_years_ago(), &[], &small_flushes);
+    let hours = files_per_hour(&r.history).len();
+    assert!(hours > 100, "{hours} hour folders");
+    assert!(
+        first.contains("files of closed hours merged into"),
+        "{first}"
+    );
+    // The same export again, into the same history: every hour gets a second
+    // file, and the second replay's last upkeep pass merges each pair.
+    let again = appwarden()
+        .env(
+            "APPWARDEN__REGISTRY__PATH",
+            r._dir.path().join("registry.yaml"),
+        )
+        .envs(small_flushes)
+        .arg("replay")
+        .arg("--history")
+        .arg(&r.history)
+        .arg("--alerts-out")
+        .arg(r._dir.path().join("alerts-again.ndjson"))
+        .arg("--dead-letter-out")
+        .arg(r._dir.path().join("dead-again.ndjson"))
+        .arg(r._dir.path().join("records.log"))
+        .output()
+        .expect("replay runs");
+    let second = String::from_utf8_lossy(&again.stderr).to_string();
+    assert!(again.status.success(), "{second}");
+    let files = files_per_hour(&r.history);
+    assert_eq!(files.len(), hours, "the same hours");
+    let several: Vec<_> = files.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        several.is_empty(),
+        "hours left with several files: {several:?}\n{second}"
+    );
+    // Every hour of the second replay was merged with the first's file.
+    let merged: usize = second
+        .split(" files of closed hours merged into")
+        .next()
+        .and_then(|head| head.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no merge count in the summary: {second}"));
+    assert!(
+        merged >= hours * 2,
+        "{merged} files merged for {hours} hours: {second}"
+    );
+    let rows = query(&r.history, "SELECT count(*) AS n FROM events");
+    assert_eq!(
+        rows[0]["n"].as_u64(),
+        Some(2 * r.events.len() as u64),
+        "{second}"
+    );
+    let alerts = query(&r.history, "SELECT count(*) AS n FROM alerts");
+    assert_eq!(alerts[0]["n"].as_u64(), Some(2 * r.alerts.len() as u64));
+    let journals = r.history.join(".compaction");
+    assert!(
+        std::fs::read_dir(&journals).map_or(true, |mut d| d.next().is_none()),
+        "no compaction journal is left"
+    );
 }
 
 /// Runs `appwarden query --format json` and returns its rows.
