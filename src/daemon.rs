@@ -153,6 +153,9 @@ impl Daemon {
             registry.clone(),
             outbox_dir,
         ));
+        if let Some(history) = outputs.history.as_ref() {
+            observed.set_history(history.stats());
+        }
         let http = Self::bind_http(settings, &observed)?;
         Ok(Daemon {
             observed,

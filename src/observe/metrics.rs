@@ -43,6 +43,8 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("appwarden_sink_given_up_total", "counter"),
     ("appwarden_sink_backlog", "gauge"),
     ("appwarden_outbox_depth", "gauge"),
+    ("appwarden_history_files_total", "counter"),
+    ("appwarden_history_upkeep_failures_total", "counter"),
     ("appwarden_http_connections", "gauge"),
     ("appwarden_http_bearer_failures_total", "counter"),
     ("appwarden_http_bearer_throttled_total", "counter"),
@@ -356,6 +358,27 @@ pub fn render(observed: &Observed) -> String {
         "appwarden_outbox_depth",
         "Alerts in the outbox not yet delivered to every sink.",
         outbox.map_or(0, |o| o.depth()) as f64,
+    );
+
+    let history = observed.history();
+    let count = |pick: fn(&crate::history::HistoryStats) -> &AtomicU64| {
+        history.map_or(0, |h| pick(h).load(Ordering::Relaxed))
+    };
+    x.labelled(
+        "appwarden_history_files_total",
+        "History files written by flushes, merged away and written by compaction, and deleted by retention.",
+        "change",
+        [
+            ("written", count(|h| &h.files_written)),
+            ("merged", count(|h| &h.files_merged)),
+            ("compacted", count(|h| &h.compacted_files_written)),
+            ("expired", count(|h| &h.files_expired)),
+        ],
+    );
+    x.one(
+        "appwarden_history_upkeep_failures_total",
+        "Retention or compaction steps that failed (logged; retried at a later pass).",
+        count(|h| &h.upkeep_failures) as f64,
     );
 
     let http = &observed.http;

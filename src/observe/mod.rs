@@ -67,6 +67,8 @@ pub struct Observed {
     outbox_dir: Option<PathBuf>,
     /// The HTTP listener's own counters.
     pub http: Arc<http::HttpStats>,
+    /// The history writer's counters, once it has started.
+    history: OnceLock<Arc<crate::history::HistoryStats>>,
 }
 
 /// One readiness check.
@@ -96,6 +98,7 @@ impl Observed {
             delivery: OnceLock::new(),
             outbox_dir,
             http: Arc::default(),
+            history: OnceLock::new(),
         }
     }
 
@@ -106,6 +109,14 @@ impl Observed {
 
     pub fn delivery(&self) -> Option<&(Arc<DeliveryStats>, Option<Outbox>)> {
         self.delivery.get()
+    }
+
+    pub fn set_history(&self, stats: Arc<crate::history::HistoryStats>) {
+        let _ = self.history.set(stats);
+    }
+
+    pub fn history(&self) -> Option<&Arc<crate::history::HistoryStats>> {
+        self.history.get()
     }
 
     /// What `/readyz` checks: partitions assigned, a broker connected, the
