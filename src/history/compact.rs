@@ -28,7 +28,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::HistoryError;
-use super::store::{Runtime, Store};
+use super::store::{Listed, Runtime, Store, Version};
 
 /// Folder of the journals, under the root (beside `events/` and `alerts/`, so
 /// no table reads it).
@@ -81,6 +81,16 @@ pub struct Compactor {
     /// Data bytes (Arrow memory) of one output at most.
     pub max_bytes: usize,
     sequence: u64,
+    /// This process's compactions a failure left midway, settled at the next call.
+    unfinished: Vec<Journal>,
+}
+
+/// Whether a file name is a compaction's output (`part-…-c00001-000.parquet`);
+/// flush files are `part-<time>-<pid>-<sequence>.parquet`.
+pub fn is_compaction_output(name: &str) -> bool {
+    name.split('-').any(|part| {
+        part.len() > 1 && part.starts_with('c') && part[1..].bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// The journal of a partition: `events/source=okta/day=…/hour=10` →
@@ -102,30 +112,40 @@ impl Compactor {
             properties,
             max_bytes,
             sequence: 0,
+            unfinished: Vec::new(),
         }
     }
 
-    /// Merges the small Parquet files of `partition` (files of one schema
-    /// together), as the module documentation describes.
+    /// Merges the flush files of `partition` (files of one schema together,
+    /// with the hour's compacted file when it has just one), as the module
+    /// documentation describes.
     pub fn compact(
         &mut self,
         partition: &str,
         rt: Option<&Runtime>,
     ) -> Result<Outcome, HistoryError> {
-        let files: Vec<_> = self
-            .store
-            .list_files(partition, rt)?
-            .into_iter()
-            .filter(|f| f.name.ends_with(".parquet") && f.size < LARGE_FILE_BYTES)
+        self.settle_unfinished(rt);
+        let listed = self.store.list_files(partition, rt)?;
+        let parquet = |f: &&Listed| f.name.ends_with(".parquet") && f.size < LARGE_FILE_BYTES;
+        let compacted: Vec<&Listed> = listed
+            .iter()
+            .filter(|f| is_compaction_output(&f.name))
             .collect();
-        if files.len() < 2 {
+        // An hour compacted into several files keeps them: only what came
+        // later is merged (so a large hour is not rewritten for each late event).
+        let files: Vec<&Listed> = listed
+            .iter()
+            .filter(parquet)
+            .filter(|f| !is_compaction_output(&f.name) || compacted.len() == 1)
+            .collect();
+        if files.iter().all(|f| is_compaction_output(&f.name)) || files.len() < 2 {
             return Ok(Outcome::Nothing);
         }
         // Files of one schema go together (a file written by an older version
         // may have other columns); a file whose footer is unreadable stays.
         let mut groups: Vec<(SchemaRef, Vec<String>)> = Vec::new();
         for file in files {
-            let name = file.name;
+            let name = &file.name;
             let schema = match self.store.parquet_schema(
                 &format!("{partition}/{name}"),
                 file.size,
@@ -138,11 +158,13 @@ impl Compactor {
                 }
             };
             match groups.iter_mut().find(|(s, _)| *s == schema) {
-                Some((_, names)) => names.push(name),
-                None => groups.push((schema, vec![name])),
+                Some((_, names)) => names.push(name.clone()),
+                None => groups.push((schema, vec![name.clone()])),
             }
         }
-        groups.retain(|(_, names)| names.len() >= 2);
+        groups.retain(|(_, names)| {
+            names.len() >= 2 && names.iter().any(|n| !is_compaction_output(n))
+        });
         if groups.is_empty() {
             return Ok(Outcome::Nothing);
         }
@@ -160,32 +182,116 @@ impl Compactor {
             complete: false,
         };
         let journal_at = journal_path(partition);
-        if !self.store.create_new(&journal_at, to_json(&journal)?, rt)? {
+        let Some(version) = self.store.create_new(&journal_at, to_json(&journal)?, rt)? else {
             return Ok(Outcome::Busy);
-        }
+        };
         match self.write_outputs(&groups, &journal, rt) {
             Ok(outputs) => journal.outputs = outputs,
             Err(error) => {
                 // Nothing is deleted yet: take back the outputs and the journal.
-                if let Err(undo) = self.roll_back(&journal, rt) {
-                    tracing::warn!(error = %undo, partition, "compaction left for recovery");
+                if let Err(undo) = self.abandon(&journal, rt) {
+                    tracing::warn!(error = %undo, partition, "compaction left to settle later");
+                    self.unfinished.push(journal);
                 }
                 return Err(error);
             }
         }
+        self.finish(journal, &version, rt)
+    }
+
+    /// Marks the journal complete, if it is still the `version` this
+    /// compaction wrote, and deletes the inputs.
+    fn finish(
+        &mut self,
+        mut journal: Journal,
+        version: &Version,
+        rt: Option<&Runtime>,
+    ) -> Result<Outcome, HistoryError> {
         journal.complete = true;
-        if let Err(error) = self.store.put(&journal_at, to_json(&journal)?, rt) {
-            if let Err(undo) = self.roll_back(&journal, rt) {
-                tracing::warn!(error = %undo, partition, "compaction left for recovery");
+        let journal_at = journal_path(&journal.partition);
+        // Only if the journal is still ours: a recovery that took it for a
+        // stopped process's (and deleted some outputs) must not be followed
+        // by deleting the inputs.
+        match self
+            .store
+            .replace_if_unchanged(&journal_at, to_json(&journal)?, version, rt)
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                self.delete_outputs(&journal, rt)?;
+                return Err(HistoryError::Compaction(format!(
+                    "{}: the journal was taken over while the outputs were written; the inputs stay",
+                    journal.partition
+                )));
             }
-            return Err(error);
+            Err(error) => {
+                // Whether the journal now says complete is not known: the next
+                // pass reads it and finishes or undoes accordingly.
+                self.unfinished.push(journal);
+                return Err(error);
+            }
         }
         // From here on the outputs hold every row: finishing is deleting.
-        self.roll_forward(&journal, rt)?;
+        if let Err(error) = self.roll_forward(&journal, rt) {
+            self.unfinished.push(journal);
+            return Err(error);
+        }
         Ok(Outcome::Done(Compacted {
             inputs: journal.inputs.len(),
             outputs: journal.outputs.len(),
         }))
+    }
+
+    /// Finishes or undoes this process's compactions that a failure left
+    /// midway, as their stored journal says (a journal that is gone, or now
+    /// another compaction's, was settled by someone else).
+    pub fn settle_unfinished(&mut self, rt: Option<&Runtime>) {
+        for journal in std::mem::take(&mut self.unfinished) {
+            let settled = match self.stored_journal(&journal.partition, rt) {
+                Ok(Some(stored)) if stored.output_prefix == journal.output_prefix => {
+                    if stored.complete {
+                        self.roll_forward(&stored, rt)
+                    } else {
+                        self.roll_back(&stored, rt)
+                    }
+                }
+                Ok(_) => Ok(()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = settled {
+                tracing::warn!(%error, partition = %journal.partition, "an unfinished compaction is settled at a later pass");
+                self.unfinished.push(journal);
+            }
+        }
+    }
+
+    /// Deletes this compaction's outputs, then its journal if that is still
+    /// this compaction's.
+    fn abandon(&self, journal: &Journal, rt: Option<&Runtime>) -> Result<(), HistoryError> {
+        self.delete_outputs(journal, rt)?;
+        match self.stored_journal(&journal.partition, rt)? {
+            Some(stored) if stored.output_prefix == journal.output_prefix => {
+                self.store.delete(&journal_path(&journal.partition), rt)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The journal stored for `partition`, if any and readable.
+    fn stored_journal(
+        &self,
+        partition: &str,
+        rt: Option<&Runtime>,
+    ) -> Result<Option<Journal>, HistoryError> {
+        let at = journal_path(partition);
+        let listed = self.store.list_files(JOURNALS, rt)?;
+        if !listed
+            .iter()
+            .any(|f| Some(f.name.as_str()) == at.rsplit('/').next())
+        {
+            return Ok(None);
+        }
+        Ok(serde_json::from_slice(&self.store.get(&at, rt)?).ok())
     }
 
     /// Writes the merged files of each group; returns their names.
@@ -259,13 +365,19 @@ impl Compactor {
     /// Undoes an unfinished compaction: deletes every file carrying its output
     /// prefix, then the journal. The inputs are untouched.
     fn roll_back(&self, journal: &Journal, rt: Option<&Runtime>) -> Result<(), HistoryError> {
+        self.delete_outputs(journal, rt)?;
+        self.store.delete(&journal_path(&journal.partition), rt)
+    }
+
+    /// Deletes every file of the partition carrying the journal's output prefix.
+    fn delete_outputs(&self, journal: &Journal, rt: Option<&Runtime>) -> Result<(), HistoryError> {
         for file in self.store.list_files(&journal.partition, rt)? {
             if file.name.starts_with(&journal.output_prefix) {
                 self.store
                     .delete(&format!("{}/{}", journal.partition, file.name), rt)?;
             }
         }
-        self.store.delete(&journal_path(&journal.partition), rt)
+        Ok(())
     }
 
     /// Finishes a complete compaction: deletes the inputs, then the journal.
@@ -537,11 +649,13 @@ mod tests {
             store
                 .create_new(&journal_path(HOUR), b"{}".to_vec(), None)
                 .expect("create")
+                .is_some()
         );
         assert!(
-            !store
+            store
                 .create_new(&journal_path(HOUR), b"{}".to_vec(), None)
-                .expect("create"),
+                .expect("create")
+                .is_none(),
             "a journal is created once"
         );
         assert_eq!(
@@ -554,6 +668,12 @@ mod tests {
     /// Sets up a compaction of three files stopped after writing its outputs:
     /// the journal, complete or not as asked.
     fn stopped_compaction(store: &Store, complete: bool) -> (Journal, Vec<String>) {
+        let (journal, inputs, _) = compaction_midway(store, complete);
+        (journal, inputs)
+    }
+
+    /// [`stopped_compaction`], with the version of the journal it wrote.
+    fn compaction_midway(store: &Store, complete: bool) -> (Journal, Vec<String>, Version) {
         let inputs = put_files(store, None, &[numbers(0, 4), numbers(4, 4), numbers(8, 4)]);
         let compactor = compactor(store);
         let groups = vec![(numbers(0, 1).schema(), inputs.clone())];
@@ -564,9 +684,10 @@ mod tests {
             outputs: Vec::new(),
             complete: false,
         };
-        store
+        let version = store
             .create_new(&journal_path(HOUR), to_json(&journal).expect("json"), None)
-            .expect("journal");
+            .expect("journal")
+            .expect("created");
         journal.outputs = compactor
             .write_outputs(&groups, &journal, None)
             .expect("outputs");
@@ -576,7 +697,97 @@ mod tests {
                 .put(&journal_path(HOUR), to_json(&journal).expect("json"), None)
                 .expect("journal");
         }
-        (journal, inputs)
+        (journal, inputs, version)
+    }
+
+    #[test]
+    fn a_compaction_whose_journal_a_recovery_took_undoes_itself_and_keeps_the_inputs() {
+        let (_dir, store) = local();
+        // A slow compaction has written its outputs; meanwhile another process
+        // took its journal for a stopped one's and undid it.
+        let (journal, inputs, version) = compaction_midway(&store, false);
+        assert_eq!(
+            compactor(&store)
+                .recover(far_future(), None)
+                .expect("recover"),
+            1
+        );
+        let mut slow = compactor(&store);
+        let finished = slow.finish(journal, &version, None);
+        assert!(
+            matches!(finished, Err(HistoryError::Compaction(_))),
+            "{finished:?}"
+        );
+        assert_eq!(names(&store, None, HOUR), inputs, "the inputs stay, alone");
+        assert_eq!(numbers_in(&store, None), (0..12).collect::<Vec<_>>());
+        assert!(names(&store, None, JOURNALS).is_empty());
+    }
+
+    #[test]
+    fn late_files_join_the_hours_one_compacted_file_and_a_large_hour_keeps_its_files() {
+        let (_dir, store) = local();
+        let late = |store: &Store, name: &str, from: i64| {
+            store
+                .put(&format!("{HOUR}/{name}"), encode(&numbers(from, 5)), None)
+                .expect("put");
+        };
+        put_files(&store, None, &[numbers(0, 5), numbers(5, 5)]);
+        let mut compactor = compactor(&store);
+        compactor.compact(HOUR, None).expect("compacted");
+        late(&store, "part-late-1.parquet", 10);
+        assert_eq!(
+            compactor.compact(HOUR, None).expect("compacted"),
+            Outcome::Done(Compacted {
+                inputs: 2,
+                outputs: 1
+            }),
+            "the late file and the compacted one"
+        );
+        assert_eq!(names(&store, None, HOUR).len(), 1);
+        assert_eq!(numbers_in(&store, None), (0..15).collect::<Vec<_>>());
+
+        // An hour compacted into two files is not rewritten for late files.
+        let (_dir, store) = local();
+        put_files(&store, None, &[numbers(0, 1000), numbers(1000, 1000)]);
+        let one = numbers(0, 1000).get_array_memory_size();
+        let mut compactor = Compactor::new(store.clone(), WriterProperties::default(), one);
+        compactor.compact(HOUR, None).expect("compacted");
+        let outputs = names(&store, None, HOUR);
+        assert_eq!(outputs.len(), 2);
+        late(&store, "part-late-1.parquet", 2000);
+        assert_eq!(
+            compactor.compact(HOUR, None).expect("compact"),
+            Outcome::Nothing,
+            "one late file alone stays"
+        );
+        late(&store, "part-late-2.parquet", 2005);
+        assert_eq!(
+            compactor.compact(HOUR, None).expect("compacted"),
+            Outcome::Done(Compacted {
+                inputs: 2,
+                outputs: 1
+            }),
+            "the two late files only"
+        );
+        let now = names(&store, None, HOUR);
+        assert!(outputs.iter().all(|o| now.contains(o)), "{now:?}");
+        assert_eq!(now.len(), 3);
+        assert_eq!(numbers_in(&store, None), (0..2010).collect::<Vec<_>>());
+        assert_eq!(
+            compactor.compact(HOUR, None).expect("compact"),
+            Outcome::Nothing
+        );
+    }
+
+    #[test]
+    fn compaction_outputs_are_told_from_flush_files_by_name() {
+        assert!(is_compaction_output(
+            "part-20261120T120000000-7-c00001-000.parquet"
+        ));
+        assert!(!is_compaction_output(
+            "part-20261120T120000000-7-00001.parquet"
+        ));
+        assert!(!is_compaction_output("zz-corrupt.parquet"));
     }
 
     #[test]
@@ -680,17 +891,37 @@ mod tests {
             names(&store, rt, JOURNALS).is_empty(),
             "the journal is gone"
         );
-        // The journal is exclusive on an object store too.
+        // The journal is exclusive on an object store too, and replaced only
+        // while it is still the version its writer holds.
+        let at = journal_path(HOUR);
+        let first = store
+            .create_new(&at, b"{}".to_vec(), rt)
+            .expect("create")
+            .expect("created");
         assert!(
             store
-                .create_new(&journal_path(HOUR), b"{}".to_vec(), rt)
+                .create_new(&at, b"{}".to_vec(), rt)
                 .expect("create")
+                .is_none()
         );
+        let second = store
+            .replace_if_unchanged(&at, b"{ }".to_vec(), &first, rt)
+            .expect("replace");
+        assert!(second.is_some(), "the holder replaces its own journal");
         assert!(
-            !store
-                .create_new(&journal_path(HOUR), b"{}".to_vec(), rt)
-                .expect("create")
+            store
+                .replace_if_unchanged(&at, b"{  }".to_vec(), &first, rt)
+                .expect("replace")
+                .is_none(),
+            "an outdated version replaces nothing"
         );
         assert_eq!(compactor.recover(far_future(), rt).expect("recover"), 1);
+        assert!(
+            store
+                .replace_if_unchanged(&at, b"{}".to_vec(), &second.expect("version"), rt)
+                .expect("replace")
+                .is_none(),
+            "nor does any version once the journal is gone"
+        );
     }
 }

@@ -166,6 +166,8 @@ pub enum HistoryError {
     Remote(String),
     #[error("encoding Parquet: {0}")]
     Encode(String),
+    #[error("history compaction: {0}")]
+    Compaction(String),
     #[error("the history writer thread is gone")]
     Gone,
 }

@@ -23,7 +23,7 @@ use datafusion::parquet::arrow::arrow_reader::{
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
 
 use super::HistoryError;
 
@@ -154,14 +154,21 @@ impl Store {
                     let mut file = std::fs::File::create(&temp)?;
                     file.write_all(&bytes)?;
                     file.sync_all()?;
-                    if let Some(parent) = target.parent() {
+                    let parent = target.parent().unwrap_or(root);
+                    // Retention on the upkeep thread may remove the partition's
+                    // (expired) folder between its creation and the rename.
+                    let mut attempts = 0;
+                    loop {
                         create_dir_all_durably(root, parent)?;
+                        match std::fs::rename(&temp, &target) {
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
+                                attempts += 1;
+                            }
+                            result => break result?,
+                        }
                     }
-                    std::fs::rename(&temp, &target)?;
-                    if let Some(parent) = target.parent() {
-                        // The rename is durable once the folder is synced.
-                        std::fs::File::open(parent)?.sync_all()?;
-                    }
+                    // The rename is durable once the folder is synced.
+                    std::fs::File::open(parent)?.sync_all()?;
                     Ok(())
                 };
                 write().map_err(|e| HistoryError::io(&target, e))
@@ -357,18 +364,19 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a whole file at `relative` unless one is there already: `false`
-    /// when it is (the call then changes nothing).
+    /// Writes a whole file at `relative` unless one is there already: `None`
+    /// when it is (the call then changes nothing), else what was written, for
+    /// [`Store::replace_if_unchanged`].
     pub fn create_new(
         &self,
         relative: &str,
         bytes: Vec<u8>,
         rt: Option<&Runtime>,
-    ) -> Result<bool, HistoryError> {
+    ) -> Result<Option<Version>, HistoryError> {
         match self {
             Store::Local(root) => {
                 let target = root.join(relative);
-                let create = || -> std::io::Result<bool> {
+                let create = || -> std::io::Result<Option<Version>> {
                     if let Some(parent) = target.parent() {
                         create_dir_all_durably(root, parent)?;
                     }
@@ -379,7 +387,7 @@ impl Store {
                     {
                         Ok(file) => file,
                         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                            return Ok(false);
+                            return Ok(None);
                         }
                         Err(e) => return Err(e),
                     };
@@ -388,7 +396,7 @@ impl Store {
                     if let Some(parent) = target.parent() {
                         std::fs::File::open(parent)?.sync_all()?;
                     }
-                    Ok(true)
+                    Ok(Some(Version::Content(bytes.clone())))
                 };
                 create().map_err(|e| HistoryError::io(&target, e))
             }
@@ -396,11 +404,52 @@ impl Store {
                 let key = Self::key(prefix, relative);
                 let options = PutOptions::from(PutMode::Create);
                 match Self::runtime(rt)?.block_on(store.put_opts(&key, bytes.into(), options)) {
-                    Ok(_) => Ok(true),
-                    Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                    Ok(put) => Ok(Some(Version::Object(UpdateVersion::from(put)))),
+                    Err(object_store::Error::AlreadyExists { .. }) => Ok(None),
                     Err(e) => Err(HistoryError::Remote(format!("{key}: {e}"))),
                 }
             }
+        }
+    }
+
+    /// Replaces the file at `relative` with `bytes` if it is still the one
+    /// written as `expected` (a conditional PUT on an object store; locally, a
+    /// comparison of contents just before the atomic rename): `None` when it
+    /// is gone or changed (nothing is written), else the new version.
+    pub fn replace_if_unchanged(
+        &self,
+        relative: &str,
+        bytes: Vec<u8>,
+        expected: &Version,
+        rt: Option<&Runtime>,
+    ) -> Result<Option<Version>, HistoryError> {
+        match (self, expected) {
+            (Store::Local(root), Version::Content(content)) => {
+                let path = root.join(relative);
+                match std::fs::read(&path) {
+                    Ok(now) if now == *content => {}
+                    Ok(_) => return Ok(None),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(HistoryError::io(&path, e)),
+                }
+                self.put(relative, bytes.clone(), rt)?;
+                Ok(Some(Version::Content(bytes)))
+            }
+            (Store::Remote { store, prefix, .. }, Version::Object(version)) => {
+                let key = Self::key(prefix, relative);
+                let options = PutOptions::from(PutMode::Update(version.clone()));
+                match Self::runtime(rt)?.block_on(store.put_opts(&key, bytes.into(), options)) {
+                    Ok(put) => Ok(Some(Version::Object(UpdateVersion::from(put)))),
+                    Err(
+                        object_store::Error::Precondition { .. }
+                        | object_store::Error::NotFound { .. },
+                    ) => Ok(None),
+                    Err(e) => Err(HistoryError::Remote(format!("{key}: {e}"))),
+                }
+            }
+            _ => Err(HistoryError::Config(
+                "a version from another kind of store".into(),
+            )),
         }
     }
 
@@ -511,6 +560,16 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+/// What [`Store::create_new`] or [`Store::replace_if_unchanged`] wrote, to
+/// tell later whether the file is still that one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Version {
+    /// A local file's content (small files only: journals).
+    Content(Vec<u8>),
+    /// An object's e-tag and version.
+    Object(UpdateVersion),
 }
 
 /// A file of the history, as a listing gives it.

@@ -4,15 +4,17 @@
 //!
 //! The writer thread tells upkeep which partition folders it wrote to. Every
 //! [`PASS_INTERVAL`], upkeep compacts those whose hour ended at least
-//! `history.compact_after_secs` before the clock; once an hour it expires what
-//! retention no longer keeps and finishes compactions a stopped process left.
-//! When it starts it also looks for partitions a previous process left with
-//! several files. When the writer stops, one last pass expires and compacts the
-//! closed hours written (a `replay` of old exports ends with few files per hour).
+//! `history.compact_after_secs` before the clock, and finishes or undoes
+//! compactions a stopped process left; once an hour it expires what retention
+//! no longer keeps. When it starts it also looks for partitions a previous
+//! process left with several flush files. When the writer stops, the pass
+//! under way ends after its current partition, and one last pass expires and
+//! compacts the closed hours this writer wrote to (a `replay` of old exports
+//! ends with few files per hour).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +31,9 @@ pub const PASS_INTERVAL: Duration = Duration::from_secs(300);
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// A compaction journal this old belongs to a process that stopped midway (a
-/// compaction takes seconds to minutes): it is finished or undone.
-const STALE_JOURNAL: chrono::Duration = chrono::Duration::hours(1);
+/// compaction takes seconds): it is finished or undone. Should a live
+/// compaction take longer, it finds its journal taken and undoes itself.
+const STALE_JOURNAL: chrono::Duration = chrono::Duration::minutes(15);
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,9 +72,13 @@ pub(super) struct Upkeep {
     compactor: Compactor,
     runtime: Option<Runtime>,
     stats: Arc<HistoryStats>,
-    /// Partitions written to since they were last compacted.
+    /// Partitions the writer wrote to since they were last compacted…
     written: BTreeSet<String>,
+    /// …and those a previous process left with several flush files.
+    found: BTreeSet<String>,
     last_expiry: Option<Instant>,
+    /// Set when the writer stops: the pass under way ends early.
+    stop: Arc<AtomicBool>,
 }
 
 impl Upkeep {
@@ -87,7 +94,9 @@ impl Upkeep {
             runtime,
             stats,
             written: BTreeSet::new(),
+            found: BTreeSet::new(),
             last_expiry: None,
+            stop: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -97,6 +106,7 @@ impl Upkeep {
 
     pub fn run(&mut self, rx: mpsc::Receiver<Request>) {
         let mut report = UpkeepReport::default();
+        self.recover(&mut report);
         self.expire(&mut report);
         self.find_partitions_left_uncompacted(&mut report);
         self.count(&report);
@@ -109,15 +119,17 @@ impl Upkeep {
                 Ok(Request::Now(reply)) => {
                     let mut report = UpkeepReport::default();
                     self.last_expiry = None;
+                    self.recover(&mut report);
                     self.expire(&mut report);
-                    self.compact_closed(&mut report);
+                    self.compact_closed(&mut report, false);
                     self.count(&report);
                     let _ = reply.send(report);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let mut report = UpkeepReport::default();
+                    self.recover(&mut report);
                     self.expire(&mut report);
-                    self.compact_closed(&mut report);
+                    self.compact_closed(&mut report, false);
                     self.count(&report);
                     next = Instant::now() + PASS_INTERVAL;
                 }
@@ -130,7 +142,7 @@ impl Upkeep {
         let mut report = UpkeepReport::default();
         self.last_expiry = None;
         self.expire(&mut report);
-        self.compact_closed(&mut report);
+        self.compact_closed(&mut report, true);
         self.count(&report);
     }
 
@@ -144,18 +156,12 @@ impl Upkeep {
         add(&self.stats.upkeep_failures, report.failures);
     }
 
-    /// Deletes what retention no longer keeps and settles stale compaction
-    /// journals, at most once an hour.
-    fn expire(&mut self, report: &mut UpkeepReport) {
-        if self
-            .last_expiry
-            .is_some_and(|t| t.elapsed() < EXPIRY_INTERVAL)
-        {
-            return;
-        }
-        self.last_expiry = Some(Instant::now());
-        let now = (self.plan.clock)();
+    /// Settles this process's unfinished compactions and the stale journals
+    /// of stopped ones.
+    fn recover(&mut self, report: &mut UpkeepReport) {
         let rt = self.runtime.as_ref();
+        self.compactor.settle_unfinished(rt);
+        let now = (self.plan.clock)();
         match self.compactor.recover(now - STALE_JOURNAL, rt) {
             Ok(n) => report.recovered += n,
             Err(error) => {
@@ -163,10 +169,22 @@ impl Upkeep {
                 tracing::warn!(%error, "history compaction recovery");
             }
         }
+    }
+
+    /// Deletes what retention no longer keeps, at most once an hour.
+    fn expire(&mut self, report: &mut UpkeepReport) {
         let Some(retention) = self.plan.retention else {
             return;
         };
-        let cutoff = now - retention;
+        if self
+            .last_expiry
+            .is_some_and(|t| t.elapsed() < EXPIRY_INTERVAL)
+        {
+            return;
+        }
+        self.last_expiry = Some(Instant::now());
+        let rt = self.runtime.as_ref();
+        let cutoff = (self.plan.clock)() - retention;
         for table in ["events", "alerts"] {
             match self.store().expire(table, cutoff, rt) {
                 Ok(n) => {
@@ -183,20 +201,25 @@ impl Upkeep {
         }
     }
 
-    /// Compacts the written partitions whose hour is closed.
-    fn compact_closed(&mut self, report: &mut UpkeepReport) {
+    /// Compacts the partitions whose hour is closed: at the last pass only
+    /// those this writer wrote to, all of them however long it takes;
+    /// otherwise found ones too, until the writer stops.
+    fn compact_closed(&mut self, report: &mut UpkeepReport, last: bool) {
         let Some(after) = self.plan.compact_after else {
             self.written.clear();
+            self.found.clear();
             return;
         };
         let now = (self.plan.clock)();
-        let closed: Vec<String> = self
-            .written
-            .iter()
-            .filter(|p| partition_end(p).is_some_and(|end| end + after <= now))
-            .cloned()
-            .collect();
-        for partition in closed {
+        let closed = |p: &&String| partition_end(p).is_some_and(|end| end + after <= now);
+        let mut due: BTreeSet<String> = self.written.iter().filter(closed).cloned().collect();
+        if !last {
+            due.extend(self.found.iter().filter(closed).cloned());
+        }
+        for partition in due {
+            if !last && self.stop.load(Ordering::Relaxed) {
+                break;
+            }
             match self.compactor.compact(&partition, self.runtime.as_ref()) {
                 Ok(Outcome::Done(done)) => {
                     report.compacted_partitions += 1;
@@ -209,9 +232,11 @@ impl Upkeep {
                         "compacted a history partition"
                     );
                     self.written.remove(&partition);
+                    self.found.remove(&partition);
                 }
                 Ok(Outcome::Nothing) => {
                     self.written.remove(&partition);
+                    self.found.remove(&partition);
                 }
                 // Another process is at it, or left it for recovery: later.
                 Ok(Outcome::Busy) => {}
@@ -247,16 +272,18 @@ impl Upkeep {
                     stack.push(path);
                     continue;
                 }
-                let small = self.store().list_files(&path, rt).map(|files| {
+                let flushed = self.store().list_files(&path, rt).map(|files| {
                     files
                         .iter()
                         .filter(|f| {
-                            f.name.ends_with(".parquet") && f.size < compact::LARGE_FILE_BYTES
+                            f.name.ends_with(".parquet")
+                                && f.size < compact::LARGE_FILE_BYTES
+                                && !compact::is_compaction_output(&f.name)
                         })
                         .count()
                 });
-                if small.is_ok_and(|n| n >= 2) {
-                    self.written.insert(path);
+                if flushed.is_ok_and(|n| n >= 2) {
+                    self.found.insert(path);
                 }
             }
         }
@@ -268,10 +295,12 @@ impl Upkeep {
 pub(super) struct UpkeepHandle {
     tx: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl UpkeepHandle {
     pub fn start(mut upkeep: Upkeep) -> Result<UpkeepHandle, HistoryError> {
+        let stop = upkeep.stop.clone();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("history-upkeep".into())
@@ -280,6 +309,7 @@ impl UpkeepHandle {
         Ok(UpkeepHandle {
             tx: Some(tx),
             thread: Some(thread),
+            stop,
         })
     }
 
@@ -302,6 +332,7 @@ impl UpkeepHandle {
 
 impl Drop for UpkeepHandle {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         drop(self.tx.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
