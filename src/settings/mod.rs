@@ -543,6 +543,17 @@ impl Settings {
                 "must be between 64 and 67108864".into(),
             );
         }
+        if self.dead_letter.max_payload_bytes == 0
+            || self.dead_letter.max_payload_bytes > 64 * 1024 * 1024
+        {
+            return err(
+                "dead_letter.max_payload_bytes",
+                format!(
+                    "must be between 1 and 67108864, not {}",
+                    self.dead_letter.max_payload_bytes
+                ),
+            );
+        }
         if self.registry.path.as_os_str().is_empty() {
             return err("registry.path", "must name the registry file".into());
         }
@@ -870,6 +881,24 @@ topics = [{ name = "okta-logs", format = "okta" }]
                 .to_string();
             assert!(needles.iter().all(|n| e.contains(n)), "{topic}: {e}");
         }
+    }
+
+    #[test]
+    fn a_dead_letter_payload_bound_outside_1_to_64_mib_is_refused() {
+        for bad in ["0", "67108865", "18446744073709551615"] {
+            let e = load(None, &[("APPWARDEN__DEAD_LETTER__MAX_PAYLOAD_BYTES", bad)])
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                e.starts_with("dead_letter.max_payload_bytes: must be between 1 and 67108864"),
+                "{bad}: {e}"
+            );
+        }
+        load(
+            None,
+            &[("APPWARDEN__DEAD_LETTER__MAX_PAYLOAD_BYTES", "67108864")],
+        )
+        .expect("64 MiB is allowed");
     }
 
     #[test]
