@@ -81,7 +81,7 @@ pub struct Compactor {
     /// Data bytes (Arrow memory) of one output at most.
     pub max_bytes: usize,
     sequence: u64,
-    /// This process's compactions a failure left midway, settled at the next call.
+    /// This process's compactions a failure left midway, settled by [`Compactor::settle_unfinished`] at the next pass.
     unfinished: Vec<Journal>,
 }
 
@@ -124,7 +124,6 @@ impl Compactor {
         partition: &str,
         rt: Option<&Runtime>,
     ) -> Result<Outcome, HistoryError> {
-        self.settle_unfinished(rt);
         let listed = self.store.list_files(partition, rt)?;
         let parquet = |f: &&Listed| f.name.ends_with(".parquet") && f.size < LARGE_FILE_BYTES;
         let compacted: Vec<&Listed> = listed
@@ -856,16 +855,8 @@ mod tests {
 
     #[test]
     fn an_object_store_history_is_compacted_the_same_way() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let (store, runtime) = crate::history::store::tests::memory_store();
         let rt = Some(&runtime);
-        let store = Store::Remote {
-            store: Arc::new(object_store::memory::InMemory::new()),
-            url: "memory://bucket".to_string(),
-            prefix: "history".to_string(),
-        };
         put_files(
             &store,
             rt,

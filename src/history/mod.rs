@@ -745,18 +745,7 @@ pub(crate) mod tests {
     }
 
     fn event_files(root: &Path) -> usize {
-        let mut count = 0;
-        let mut stack = vec![root.join("events")];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.path().is_dir() {
-                    stack.push(entry.path());
-                } else {
-                    count += 1;
-                }
-            }
-        }
-        count
+        store::count_files(&root.join("events"))
     }
 
     #[tokio::test]

@@ -591,7 +591,7 @@ fn read_dir_or_none(dir: &Path) -> Result<Vec<std::io::Result<std::fs::DirEntry>
 }
 
 /// The files under a local folder, at any depth.
-fn count_files(dir: &Path) -> usize {
+pub(crate) fn count_files(dir: &Path) -> usize {
     let mut count = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -694,7 +694,7 @@ fn folder_span(path: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -767,18 +767,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_object_store_expires_by_folder_names() {
+    /// A history root in an in-memory object store, and the runtime its calls need.
+    pub(crate) fn memory_store() -> (Store, Runtime) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let rt = Some(&runtime);
         let store = Store::Remote {
             store: Arc::new(object_store::memory::InMemory::new()),
             url: "memory://bucket".to_string(),
             prefix: "history".to_string(),
         };
+        (store, runtime)
+    }
+
+    #[test]
+    fn an_object_store_expires_by_folder_names() {
+        let (store, runtime) = memory_store();
+        let rt = Some(&runtime);
         for file in [
             "events/source=okta/day=2026-11-20/hour=10/a.parquet",
             "events/source=okta/day=2026-11-20/hour=23/b.parquet",
